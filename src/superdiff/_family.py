@@ -1,0 +1,174 @@
+"""Families of M score models, evaluated together at one point.
+
+A family maps one example `x` of shape `d` to the `(M, *d)` stack of its members'
+scores. Models of one architecture are stacked along a leading model axis and run as
+one vectorised call (`StackedScores`); any other callables `(t, x) -> score`, such as
+networks of different architectures or analytic scores, run one after another
+(`ScoreTuple`).
+"""
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+
+ScoreFn = Callable[[Array, Array], Array]
+
+
+class AbstractScoreFamily(eqx.Module):
+    """M score functions evaluated at one `(t, x)`."""
+
+    @property
+    @abc.abstractmethod
+    def num_models(self) -> int:
+        """The number of models M."""
+
+    @abc.abstractmethod
+    def __call__(
+        self, t: Float[ArrayLike, ""], x: Float[Array, "*d"]
+    ) -> Float[Array, "M *d"]:
+        """The scores of all M models at one example."""
+
+    @abc.abstractmethod
+    def member(self, i: int) -> ScoreFn:
+        """The `i`-th model alone."""
+
+
+class ScoreTuple(AbstractScoreFamily):
+    """Any callables `(t, x) -> score`, evaluated one after another."""
+
+    scores: tuple[ScoreFn, ...]
+
+    def __check_init__(self):
+        if len(self.scores) == 0:
+            raise ValueError("Expected at least one score model; got none.")
+        for i, score in enumerate(self.scores):
+            if not callable(score):
+                raise TypeError(
+                    f"Score model {i} must be a callable `(t, x) -> score`; got "
+                    f"{type(score).__name__}."
+                )
+
+    @property
+    def num_models(self) -> int:
+        return len(self.scores)
+
+    def member(self, i: int) -> ScoreFn:
+        return self.scores[i]
+
+    def __call__(self, t, x):
+        return jnp.stack([score(t, x) for score in self.scores])
+
+
+class StackedScores(AbstractScoreFamily):
+    """M models of one architecture, stacked on a leading axis of their arrays and
+    evaluated with one `vmap`. Build it with `StackedScores.from_models`.
+    """
+
+    stacked: Any
+    static: Any = eqx.field(static=True)
+    size: int = eqx.field(static=True)
+
+    @classmethod
+    def from_models(cls, models: Sequence[ScoreFn]) -> "StackedScores":
+        """Stack `models`, which must share their structure and array shapes."""
+        models = tuple(models)
+        if len(models) == 0:
+            raise ValueError("Expected at least one score model; got none.")
+        parts = [eqx.partition(m, eqx.is_array) for m in models]
+        arrays0, static0 = parts[0]
+        shapes0 = jax.tree.map(jnp.shape, arrays0)
+        for i, (arrays, static) in enumerate(parts[1:], start=1):
+            same_tree = jax.tree.structure(arrays) == jax.tree.structure(arrays0)
+            if not (same_tree and eqx.tree_equal(static, static0)):
+                raise ValueError(
+                    f"Cannot stack score models of different architectures: model {i} "
+                    "differs from model 0 in structure or configuration. Pass them "
+                    "as a `ScoreTuple` (or a plain list) to evaluate them one by one."
+                )
+            shapes = jax.tree.map(jnp.shape, arrays)
+            if shapes != shapes0:
+                raise ValueError(
+                    f"Cannot stack score models with mismatched parameter shapes: "
+                    f"model 0 has {_shape_summary(shapes0)}, model {i} has "
+                    f"{_shape_summary(shapes)}."
+                )
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(p[0] for p in parts))
+        return cls(stacked=stacked, static=static0, size=len(models))
+
+    @property
+    def num_models(self) -> int:
+        return self.size
+
+    def member(self, i: int) -> ScoreFn:
+        """The `i`-th model, unstacked."""
+        return eqx.combine(jax.tree.map(lambda a: a[i], self.stacked), self.static)
+
+    def __call__(self, t, x):
+        return jax.vmap(lambda arrays: eqx.combine(arrays, self.static)(t, x))(
+            self.stacked
+        )
+
+
+def _shape_summary(shapes) -> str:
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    return (
+        "["
+        + ", ".join(str(s) for s in leaves[:4])
+        + (", ...]" if len(leaves) > 4 else "]")
+    )
+
+
+def score_family(
+    models: AbstractScoreFamily | ScoreFn | Sequence[ScoreFn],
+) -> AbstractScoreFamily:
+    """Make a family out of one model, a sequence of models, or a family.
+
+    Equinox modules of one architecture are stacked (`StackedScores`), so that M
+    networks cost one vectorised call; anything else becomes a `ScoreTuple`.
+    """
+    if isinstance(models, AbstractScoreFamily):
+        return models
+    if callable(models):
+        models = (models,)
+    models = tuple(models)
+    if len(models) == 0:
+        raise ValueError("Expected at least one score model; got none.")
+    if len(models) > 1 and all(isinstance(m, eqx.Module) for m in models):
+        try:
+            return StackedScores.from_models(models)
+        except ValueError:
+            pass
+    return ScoreTuple(models)
+
+
+def check_family(
+    family: AbstractScoreFamily, t: float, example: Float[Array, "*d"]
+) -> None:
+    """Check, by shape evaluation only (no computation), that every member maps one
+    example to a score of the same shape."""
+    members = (
+        list(enumerate(family.scores))
+        if isinstance(family, ScoreTuple)
+        else [("s", family)]
+    )
+    for i, fn in members:
+        which = f"score model {i}" if i != "s" else "the stacked score models"
+        try:
+            out = jax.eval_shape(fn, jnp.asarray(t), example)
+        except Exception as err:
+            raise ValueError(
+                f"Evaluating {which} on one example of shape {tuple(example.shape)} "
+                f"failed: {err}"
+            ) from err
+        expected = example.shape if i != "s" else (family.num_models, *example.shape)
+        if out.shape != expected:
+            raise ValueError(
+                f"Expected {which} to return scores of shape {tuple(expected)} for one "
+                f"example of shape {tuple(example.shape)}; got {tuple(out.shape)}."
+            )

@@ -1,0 +1,156 @@
+"""Analytic Gaussian mixtures: exact $\\log q_t$ and score under any schedule.
+
+A mixture $p_0 = \\sum_k \\pi_k\\,\\mathcal N(\\mu_k, \\Sigma_k)$ stays a mixture under
+every Gaussian path: $q_t = \\sum_k \\pi_k\\,\\mathcal N(\\alpha_t\\mu_k,
+\\alpha_t^2\\Sigma_k + \\sigma_t^2 I)$. That makes it the oracle for every sampler and
+density estimator in this library, and for users' own.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._sde import AbstractSDE
+
+
+class GaussianMixture(eqx.Module):
+    """A Gaussian mixture in `d` dimensions, diffused by `sde`.
+
+    **Arguments:**
+
+    - `means`: `(K, d)` component means.
+    - `covariances`: `(K, d, d)` full covariances, `(K, d)` diagonal variances, or
+        `(K,)` isotropic variances.
+    - `sde`: the schedule that noises it.
+    - `weights`: `(K,)` mixture weights (normalised here); uniform by default.
+
+    Per-example methods take `(t, x)`; `t = 0` is the data distribution itself.
+    """
+
+    means: Float[Array, "K d"]
+    covariances: Float[Array, "K d d"]
+    log_weights: Float[Array, " K"]
+    sde: AbstractSDE
+
+    def __init__(
+        self,
+        means: Float[ArrayLike, "K d"],
+        covariances: Float[ArrayLike, "K d d"]
+        | Float[ArrayLike, "K d"]
+        | Float[ArrayLike, " K"],
+        sde: AbstractSDE,
+        weights: Float[ArrayLike, " K"] | None = None,
+    ):
+        means = jnp.asarray(means, dtype=float)
+        if means.ndim != 2:
+            raise ValueError(f"`means` must have shape (K, d); got {means.shape}.")
+        num, dim = means.shape
+        cov = jnp.asarray(covariances, dtype=float)
+        if cov.shape == (num,):
+            cov = cov[:, None, None] * jnp.eye(dim)
+        elif cov.shape == (num, dim):
+            cov = jax.vmap(jnp.diag)(cov)
+        elif cov.shape != (num, dim, dim):
+            raise ValueError(
+                f"`covariances` must have shape ({num},), ({num}, {dim}) or "
+                f"({num}, {dim}, {dim}) for {num} components in {dim} dimensions; "
+                f"got {cov.shape}."
+            )
+        if weights is None:
+            weights = jnp.full((num,), 1.0 / num)
+        weights = jnp.asarray(weights, dtype=float)
+        if weights.shape != (num,):
+            raise ValueError(
+                f"`weights` must have shape ({num},); got {weights.shape}."
+            )
+        self.means = means
+        self.covariances = cov
+        self.log_weights = jnp.log(weights) - jnp.log(jnp.sum(weights))
+        self.sde = sde
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def marginal_params(
+        self, t: Float[ArrayLike, ""]
+    ) -> tuple[Float[Array, "K d"], Float[Array, "K d d"]]:
+        """Component means and covariances of $q_t$."""
+        t = jnp.asarray(t, dtype=float)
+        # At t = 0 the path is the data itself: α = 1, σ = 0, whatever the schedule.
+        alpha = jnp.where(t > 0, self.sde.alpha(t), 1.0)
+        sigma = jnp.where(t > 0, self.sde.sigma(jnp.where(t > 0, t, 1.0)), 0.0)
+        means = alpha * self.means
+        covs = alpha**2 * self.covariances + sigma**2 * jnp.eye(self.dim)
+        return means, covs
+
+    def component_log_probs(
+        self, t: Float[ArrayLike, ""], x: Float[Array, " d"]
+    ) -> Float[Array, " K"]:
+        """$\\log \\pi_k + \\log\\mathcal N(x; \\alpha_t\\mu_k, \\alpha_t^2\\Sigma_k +
+        \\sigma_t^2 I)$ for every component."""
+        self._check_x(x)
+        means, covs = self.marginal_params(t)
+
+        def one(mean, cov):
+            chol = jnp.linalg.cholesky(cov)
+            z = jax.scipy.linalg.solve_triangular(chol, x - mean, lower=True)
+            half_logdet = jnp.sum(jnp.log(jnp.diag(chol)))
+            return -0.5 * z @ z - half_logdet - 0.5 * self.dim * math.log(2 * math.pi)
+
+        return self.log_weights + jax.vmap(one)(means, covs)
+
+    def log_prob(
+        self, t: Float[ArrayLike, ""], x: Float[Array, " d"]
+    ) -> Float[Array, ""]:
+        """Exact $\\log q_t(x)$."""
+        return jax.nn.logsumexp(self.component_log_probs(t, x))
+
+    def score(
+        self, t: Float[ArrayLike, ""], x: Float[Array, " d"]
+    ) -> Float[Array, " d"]:
+        """Exact $\\nabla_x \\log q_t(x)$, in closed form: the responsibility-weighted
+        component scores $-\\Sigma_k(t)^{-1}(x - \\alpha_t\\mu_k)$."""
+        self._check_x(x)
+        means, covs = self.marginal_params(t)
+        resp = jax.nn.softmax(self.component_log_probs(t, x))
+        comp = jax.vmap(lambda m, c: -jnp.linalg.solve(c, x - m))(means, covs)
+        return resp @ comp
+
+    def sample(
+        self, num: int, t: Float[ArrayLike, ""] = 0.0, *, key: PRNGKeyArray
+    ) -> Float[Array, "n d"]:
+        """Draw `num` exact samples of $q_t$."""
+        return self.sample_with_labels(num, t, key=key)[0]
+
+    def sample_with_labels(
+        self, num: int, t: Float[ArrayLike, ""] = 0.0, *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "n d"], Array]:
+        """Draw `num` exact samples of $q_t$ and the component each came from."""
+        comp_key, noise_key = jax.random.split(key)
+        labels = jax.random.categorical(comp_key, self.log_weights, shape=(num,))
+        means, covs = self.marginal_params(t)
+        chols = jnp.linalg.cholesky(covs)
+        noise = jax.random.normal(noise_key, (num, self.dim))
+        x = means[labels] + jnp.einsum("nij,nj->ni", chols[labels], noise)
+        return x, labels
+
+    def component(self, k: int) -> "GaussianMixture":
+        """The `k`-th component alone, as a one-component mixture."""
+        return GaussianMixture(
+            self.means[k : k + 1], self.covariances[k : k + 1], self.sde
+        )
+
+    def _check_x(self, x: Array) -> None:
+        if jnp.shape(x) != (self.dim,):
+            raise ValueError(
+                f"Expected one example of shape ({self.dim},) (vmap for batches); "
+                f"got shape {jnp.shape(x)}."
+            )

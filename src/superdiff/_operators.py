@@ -1,0 +1,249 @@
+"""Superposition operators: how the M scores are weighted at each step.
+
+An operator is a small value that the sampler applies (in the spirit of Optax's
+transformations): per example and per step it maps the tracked log-densities, the
+scores and the step's noise to weights $\\kappa$ with $\\sum_i\\kappa_i = 1$; the
+sampler then moves with $dx = (-f x + g^2\\sum_i\\kappa_i s_i)\\,d\\tau + g\\,dW$
+(Skreta et al. 2025, Algorithm 1). New operators plug in by subclassing
+`AbstractOperator`; the sampler does not change.
+"""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+
+def _float_tuple(values) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in np.ravel(values))
+
+
+class AbstractOperator(eqx.Module):
+    """Maps one example's step quantities to mixing weights $\\kappa$.
+
+    `needs_density` says whether the weights read the tracked $\\log q^i$ (and so
+    whether sampling must track them).
+    """
+
+    needs_density: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        log_q: Float[Array, " M"],
+        scores: Float[Array, "M *d"],
+        noise: Float[Array, "*d"],
+        h: Float[ArrayLike, ""],
+    ) -> Float[Array, " M"]:
+        """**Arguments:**
+
+        - `log_q`: the tracked $\\log q^i_t(x)$ of each model at the current point.
+        - `scores`: $s_i = \\nabla\\log q^i_t(x)$.
+        - `noise`: this step's noise $g\\,dW$ (the same that moves $x$).
+        - `h`: $g^2\\,d\\tau$, the step's scale.
+
+        **Returns:** the weights $\\kappa$, summing to one.
+        """
+
+    def check(self, num_models: int) -> None:
+        """Raise if this operator cannot weight `num_models` models."""
+
+
+class Single(AbstractOperator):
+    """One model alone: $\\kappa = e_i$."""
+
+    index: int = eqx.field(static=True, default=0)
+    needs_density: ClassVar[bool] = False
+
+    def __call__(self, log_q, scores, noise, h):
+        return jax.nn.one_hot(self.index, scores.shape[0], dtype=scores.dtype)
+
+    def check(self, num_models):
+        if not 0 <= self.index < num_models:
+            raise ValueError(
+                f"`Single(index={self.index})` needs 0 <= index < {num_models} "
+                f"(the number of models)."
+            )
+
+
+class Average(AbstractOperator):
+    """Fixed weights (the averaging baseline): $\\kappa = w$, uniform by default."""
+
+    weights: tuple[float, ...] | None = eqx.field(
+        static=True, default=None, converter=_float_tuple
+    )
+    needs_density: ClassVar[bool] = False
+
+    def __check_init__(self):
+        if self.weights is not None and not np.isclose(sum(self.weights), 1.0):
+            raise ValueError(f"`weights` must sum to one; got {self.weights}.")
+
+    def __call__(self, log_q, scores, noise, h):
+        num = scores.shape[0]
+        if self.weights is None:
+            return jnp.full((num,), 1.0 / num, dtype=scores.dtype)
+        return jnp.asarray(self.weights, dtype=scores.dtype)
+
+    def check(self, num_models):
+        if self.weights is not None and len(self.weights) != num_models:
+            raise ValueError(
+                f"`Average` has {len(self.weights)} weights for {num_models} models."
+            )
+
+
+class Or(AbstractOperator):
+    """SuperDiff OR (Skreta et al. 2025, Prop. 3): $\\kappa = \\mathrm{softmax}(T\\log q
+    + \\ell)$.
+
+    With `temperature=1` and `bias=log w` this samples exactly the mixture
+    $\\sum_i w_i q^i$ (given exact scores and log-densities); as $T\\to\\infty$ each
+    example follows its most likely model.
+
+    **Arguments:**
+
+    - `temperature`: $T > 0$.
+    - `bias`: $\\ell$, one value per model (zero by default).
+    """
+
+    temperature: float = 1.0
+    bias: tuple[float, ...] | None = eqx.field(
+        static=True, default=None, converter=_float_tuple
+    )
+
+    def __check_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(
+                f"`Or` needs a positive temperature T; got T={self.temperature}."
+            )
+
+    def __call__(self, log_q, scores, noise, h):
+        logits = self.temperature * log_q
+        if self.bias is not None:
+            logits = logits + jnp.asarray(self.bias, dtype=log_q.dtype)
+        return jax.nn.softmax(logits)
+
+    def check(self, num_models):
+        if self.bias is not None and len(self.bias) != num_models:
+            raise ValueError(
+                f"`Or` has {len(self.bias)} bias values for {num_models} models."
+            )
+
+
+class And(AbstractOperator):
+    """SuperDiff AND (Skreta et al. 2025, Prop. 6): weights that make every model's
+    log-density change by the same amount in this step.
+
+    Writing the Itô increments as $d\\log q^i = v_i + h (K\\kappa)_i$ with
+    $K_{ij} = \\langle s_i, s_j\\rangle$, $v_i = \\langle g\\,dW, s_i\\rangle -
+    \\tfrac{h}{2}\\lVert s_i\\rVert^2$ and $h = g^2 d\\tau$ (the linear system of
+    Prop. 6 with the common terms cancelled), we solve
+    $v + hK\\kappa = \\lambda\\mathbf 1$, $\\mathbf 1^\\top\\kappa = 1$ in the
+    coordinates $\\kappa = \\mathbf 1/M + Qz$, $Q$ an orthonormal basis of
+    $\\mathbf 1^\\perp$:
+
+    $$h\\,G z = -(Q^\\top v + h\\,\\tilde S\\bar s), \\qquad \\tilde S = Q^\\top S,
+    \\quad G = \\tilde S\\tilde S^\\top.$$
+
+    **Degenerate points.** $G$ is the Gram matrix of the score differences, so it is
+    singular exactly where some scores coincide (or are affinely dependent). There
+    every $\\kappa$ in the null direction moves $x$ identically, and we take the
+    pseudo-inverse: eigen-directions of $G$ with eigenvalue at most
+    `rtol` times the mean $\\lVert s_i\\rVert^2$ get no correction, so coinciding
+    scores give uniform weights — never NaN.
+
+    **Bounding.** Near degenerate points $\\kappa$ can be very large (in the M = 2
+    case $\\kappa_1 = \\tfrac12 - \\langle g\\,dW, s_1 - s_2\\rangle /
+    (h\\lVert s_1-s_2\\rVert^2)$) while the step $h\\sum\\kappa_i s_i$ stays bounded,
+    because the correction only cancels the noise along the score difference. If
+    `max_weight` is given, the deviation $\\kappa - \\mathbf 1/M$ is scaled down
+    (keeping $\\sum\\kappa = 1$) until every $|\\kappa_i| \\le$ `max_weight`; the
+    log-densities stay exactly tracked, only their equality is relaxed in that step.
+    """
+
+    rtol: float = 1e-10
+    max_weight: float | None = None
+
+    def __check_init__(self):
+        if not self.rtol >= 0:
+            raise ValueError(f"`rtol` must be non-negative; got {self.rtol}.")
+        if self.max_weight is not None and not self.max_weight >= 1:
+            raise ValueError(
+                f"`max_weight` must be at least 1 (uniform weights must be allowed); "
+                f"got {self.max_weight}."
+            )
+
+    def __call__(self, log_q, scores, noise, h):
+        kappa = and_weights(scores, noise, h, rtol=self.rtol)
+        if self.max_weight is not None:
+            num = scores.shape[0]
+            dev = kappa - 1.0 / num
+            largest = jnp.max(jnp.abs(dev))
+            room = self.max_weight - 1.0 / num
+            kappa = 1.0 / num + dev * jnp.minimum(
+                1.0, room / jnp.maximum(largest, room)
+            )
+        return kappa
+
+    def check(self, num_models):
+        if num_models < 2:
+            raise ValueError(f"`And` needs at least two models; got {num_models}.")
+
+
+def _complement_basis(num: int) -> np.ndarray:
+    """An orthonormal basis of the complement of the all-ones vector, `(M, M-1)`
+    (the Helmert basis)."""
+    basis = np.zeros((num, num - 1))
+    for k in range(1, num):
+        basis[:k, k - 1] = 1.0
+        basis[k, k - 1] = -k
+        basis[:, k - 1] /= np.sqrt(k * (k + 1))
+    return basis
+
+
+def and_weights(
+    scores: Float[Array, "M *d"],
+    noise: Float[Array, "*d"],
+    h: Float[ArrayLike, ""],
+    rtol: float = 1e-10,
+) -> Float[Array, " M"]:
+    """The AND weights for any number of models (Skreta et al. 2025, Prop. 6); see
+    `And` for the system solved and the rule at degenerate points."""
+    num = scores.shape[0]
+    flat = scores.reshape(num, -1)
+    noise = noise.reshape(-1)
+    basis = jnp.asarray(_complement_basis(num), dtype=flat.dtype)
+    v = flat @ noise - 0.5 * h * jnp.sum(flat**2, axis=1)
+    reduced = basis.T @ flat  # differences of the scores, (M-1, D)
+    gram = reduced @ reduced.T
+    rhs = -(basis.T @ v / h + reduced @ jnp.mean(flat, axis=0))
+    eigvals, eigvecs = jnp.linalg.eigh(gram)
+    scale = jnp.mean(jnp.sum(flat**2, axis=1))
+    keep = eigvals > rtol * scale
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, eigvals, 1.0), 0.0)
+    z = eigvecs @ (inv * (eigvecs.T @ rhs))
+    return 1.0 / num + basis @ z
+
+
+def and_weights_two(
+    scores: Float[Array, "2 *d"],
+    noise: Float[Array, "*d"],
+    h: Float[ArrayLike, ""],
+) -> Float[Array, " 2"]:
+    """The closed form of AND for two models (Skreta et al. 2025, Prop. 6):
+
+    $$\\kappa_1 = \\frac{\\tfrac h2(\\lVert s_1\\rVert^2 - \\lVert s_2\\rVert^2)
+    - \\langle dx_2 + f x\\,d\\tau, s_1 - s_2\\rangle}{h\\lVert s_1 - s_2\\rVert^2},
+    \\qquad dx_2 + f x\\,d\\tau = h s_2 + g\\,dW,$$
+
+    $\\kappa_2 = 1 - \\kappa_1$. Undefined where $s_1 = s_2$; `and_weights` is the
+    general solve with the degenerate-point rule.
+    """
+    s1, s2 = scores[0].reshape(-1), scores[1].reshape(-1)
+    diff = s1 - s2
+    num = 0.5 * h * (s1 @ s1 - s2 @ s2) - (h * s2 + noise.reshape(-1)) @ diff
+    kappa1 = num / (h * diff @ diff)
+    return jnp.stack([kappa1, 1 - kappa1])

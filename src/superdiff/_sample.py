@@ -1,0 +1,333 @@
+"""Samplers: thin functions that build the terms and call `diffrax.diffeqsolve`."""
+
+from collections.abc import Sequence
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
+from ._operators import AbstractOperator, Single
+from ._sde import AbstractSDE
+from ._terms import (
+    AbstractDensityEstimator,
+    ItoEstimator,
+    SuperpositionState,
+    SuperpositionTerm,
+    probability_flow_term,
+    reverse_sde_terms,
+)
+
+
+Models = AbstractScoreFamily | ScoreFn | Sequence[ScoreFn]
+
+
+class Samples(eqx.Module):
+    """What a sampler returns.
+
+    - `x`: the samples at `t_min`, `(n, *d)`.
+    - `log_q`: each model's tracked $\\log q^i_{t_{min}}(x)$, `(n, M)`, or `None`
+        when the density was not tracked.
+    """
+
+    x: Float[Array, "n *d"]
+    log_q: Float[Array, "n M"] | None = None
+
+
+def _time_range(
+    sde: AbstractSDE, t_min: float | None, t_max: float | None
+) -> tuple[float, float]:
+    t_min = sde.t_min if t_min is None else float(t_min)
+    t_max = sde.t_max if t_max is None else float(t_max)
+    sde.check_time(t_min, "t_min")
+    sde.check_time(t_max, "t_max")
+    if not t_min < t_max:
+        raise ValueError(f"Expected `t_min < t_max`; got t_min={t_min}, t_max={t_max}.")
+    return t_min, t_max
+
+
+def _initial_state(
+    sde: AbstractSDE,
+    key: PRNGKeyArray,
+    x_init: Array | None,
+    num_samples: int | None,
+    shape: tuple[int, ...] | None,
+    t_max: float,
+) -> tuple[Array, PRNGKeyArray]:
+    init_key, key = jax.random.split(key)
+    if x_init is not None:
+        x_init = jnp.asarray(x_init)
+        if x_init.ndim < 2:
+            raise ValueError(
+                f"`x_init` must be a batch of shape (n, *d); got shape {x_init.shape}."
+            )
+        return x_init, key
+    if num_samples is None or shape is None:
+        raise ValueError(
+            "Give either `x_init` (a batch of noise) or both `num_samples` and "
+            "`shape` (the shape of one example)."
+        )
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be positive; got {num_samples}.")
+    std = sde.sigma(t_max) if t_max != sde.t_max else sde.prior_std()
+    x = std * jax.random.normal(init_key, (num_samples, *shape))
+    return x, key
+
+
+def _check_steps(num_steps: int) -> None:
+    if not (isinstance(num_steps, int) and num_steps >= 1):
+        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
+
+
+def _check_finite_scores(family: AbstractScoreFamily, t: float, x: Array) -> None:
+    scores = jax.vmap(lambda xi: family(jnp.asarray(t), xi))(x[:8])
+    finite = jnp.all(jnp.isfinite(scores.reshape(*scores.shape[:2], -1)), axis=(0, 2))
+    bad = [int(i) for i in jnp.flatnonzero(~finite)]
+    if bad:
+        raise FloatingPointError(
+            f"Score model(s) {bad} returned NaN or inf at t={t} on the initial noise; "
+            "expected finite scores."
+        )
+
+
+def _check_finite_result(samples: Samples) -> None:
+    parts = [samples.x] + ([] if samples.log_q is None else [samples.log_q])
+    if not all(bool(jnp.all(jnp.isfinite(p))) for p in parts):
+        raise FloatingPointError(
+            "Sampling produced NaN or inf: a score model returned non-finite values "
+            "along the way, or the step size is too large for the schedule."
+        )
+
+
+def sample(
+    models: Models,
+    sde: AbstractSDE,
+    operator: AbstractOperator | None = None,
+    *,
+    key: PRNGKeyArray,
+    num_samples: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    x_init: Float[Array, "n *d"] | None = None,
+    num_steps: int = 1000,
+    solver: dfx.AbstractSolver | None = None,
+    track_density: bool | None = None,
+    estimator: AbstractDensityEstimator | None = None,
+    log_q_init: Float[Array, "n M"] | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+) -> Samples:
+    """Sample the reverse SDE of one model or of M superposed models.
+
+    **Arguments:**
+
+    - `models`: one score `(t, x) -> ∇log q_t(x)` on one example, a sequence of
+        them, or an `AbstractScoreFamily`. Equinox modules of one architecture are
+        stacked and run as one vectorised call.
+    - `sde`: the schedule the models were trained under.
+    - `operator`: how the scores are weighted (`Single`, `Average`, `Or`, `And`);
+        `Single()` by default.
+    - `key`: the random key (keyword-only).
+    - `num_samples`, `shape`: how many examples of which shape to draw from the
+        prior; or `x_init`, a batch of starting noise at `t_max`.
+    - `num_steps`: uniform steps in $t$ from `t_max` to `t_min`.
+    - `solver`: any Diffrax SDE solver when the density is not tracked (the noise
+        is additive, so all converge to the same law); `diffrax.Euler()` when it
+        is (the default).
+    - `track_density`: track each model's $\\log q^i$ along the path (always on for
+        operators that need it, such as `Or` and `And`).
+    - `estimator`: `ItoEstimator()` (default; Skreta et al. Eq. 90) or
+        `KernelRatioEstimator()` (Eq. 89, more accurate at equal steps).
+    - `log_q_init`: $\\log q^i_{t_{max}}(x_{init})$, `(n, M)`; by default the
+        prior's log-density, which all models share.
+    - `t_min`, `t_max`: the time range, within the schedule's.
+
+    **Returns:** a `Samples` with the samples and, if tracked, the log-densities.
+    """
+    operator = Single() if operator is None else operator
+    if not isinstance(operator, AbstractOperator):
+        raise TypeError(
+            "`operator` must be a superdiff operator (Single, Average, Or, And or a "
+            f"subclass of AbstractOperator); got {type(operator).__name__}."
+        )
+    family = score_family(models)
+    operator.check(family.num_models)
+    t_min, t_max = _time_range(sde, t_min, t_max)
+    _check_steps(num_steps)
+    x, key = _initial_state(sde, key, x_init, num_samples, shape, t_max)
+    check_family(family, t_max, x[0])
+    track = operator.needs_density if track_density is None else track_density
+    if operator.needs_density and not track:
+        raise ValueError(
+            f"`{type(operator).__name__}` weighs the models by their log-densities, "
+            "so it needs `track_density=True`."
+        )
+    solver = dfx.Euler() if solver is None else solver
+    if track:
+        _check_tracking_solver(solver)
+        estimator = ItoEstimator() if estimator is None else estimator
+        if log_q_init is None:
+            log_q_init = jnp.broadcast_to(
+                jax.vmap(sde.prior_log_prob)(x)[:, None],
+                (x.shape[0], family.num_models),
+            )
+        log_q_init = jnp.asarray(log_q_init, dtype=x.dtype)
+        if log_q_init.shape != (x.shape[0], family.num_models):
+            raise ValueError(
+                f"`log_q_init` must have shape (n, M) = "
+                f"({x.shape[0]}, {family.num_models}); got {log_q_init.shape}."
+            )
+    elif estimator is not None or log_q_init is not None:
+        raise ValueError(
+            "`estimator` and `log_q_init` only apply with `track_density=True`."
+        )
+    _check_finite_scores(family, t_max, x)
+    if track:
+        assert estimator is not None and log_q_init is not None
+        out = _solve_tracked(
+            family, sde, operator, estimator, solver, x, log_q_init, key,
+            num_steps, t_min, t_max,
+        )  # fmt: skip
+    else:
+        out = _solve_plain(
+            family, sde, operator, solver, x, key, num_steps, t_min, t_max
+        )
+    _check_finite_result(out)
+    return out
+
+
+def _check_tracking_solver(solver: dfx.AbstractSolver) -> None:
+    if not isinstance(solver, dfx.Euler):
+        limit = (
+            "converges to the Stratonovich solution, which differs from the Itô one "
+            "by ½∫g²∇·s dτ (order d nats)"
+            if isinstance(solver, dfx.AbstractStratonovichSolver)
+            else "does not take one Euler step with the whole (dτ, dW) control"
+        )
+        raise ValueError(
+            "Tracking log-densities along the SDE (needed by Or/And, or asked for "
+            "with track_density=True) is supported with `diffrax.Euler()` only: the "
+            "Itô estimator and the AND weights are functions of the realised "
+            f"Euler–Maruyama step. Got `{type(solver).__name__}`, which {limit}. "
+            "Use `diffrax.Euler()`, with `KernelRatioEstimator()` for more accuracy "
+            "per step; other solvers work with track_density=False."
+        )
+
+
+def _brownian(x: Array, key: PRNGKeyArray) -> dfx.UnsafeBrownianPath:
+    return dfx.UnsafeBrownianPath(shape=x.shape, key=key)
+
+
+def _solve_kwargs(num_steps: int, t_min: float, t_max: float) -> dict:
+    return dict(
+        t0=0.0,
+        t1=t_max - t_min,
+        dt0=(t_max - t_min) / num_steps,
+        saveat=dfx.SaveAt(t1=True),
+        stepsize_controller=dfx.ConstantStepSize(),
+        adjoint=dfx.ForwardMode(),
+        max_steps=num_steps + 1,
+    )
+
+
+@eqx.filter_jit
+def _solve_tracked(
+    family, sde, operator, estimator, solver, x, log_q, key, num_steps, t_min, t_max
+) -> Samples:
+    term = SuperpositionTerm(
+        sde, family, operator, _brownian(x, key), estimator=estimator, t_max=t_max
+    )
+    sol = dfx.diffeqsolve(
+        term,
+        solver,
+        y0=SuperpositionState(x, log_q),
+        **_solve_kwargs(num_steps, t_min, t_max),
+    )
+    assert sol.ys is not None
+    return Samples(sol.ys.x[-1], sol.ys.log_q[-1])
+
+
+def _mixed_score(family: AbstractScoreFamily, operator: AbstractOperator) -> ScoreFn:
+    def score(t, x):
+        scores = family(t, x)
+        kappa = operator(jnp.zeros(scores.shape[0]), scores, jnp.zeros_like(x), 0.0)
+        return jnp.tensordot(kappa, scores, axes=1)
+
+    return score
+
+
+@eqx.filter_jit
+def _solve_plain(
+    family, sde, operator, solver, x, key, num_steps, t_min, t_max
+) -> Samples:
+    if isinstance(operator, Single):
+        score = family.member(operator.index)  # skip the other models' networks
+    else:
+        score = _mixed_score(family, operator)
+    terms = reverse_sde_terms(sde, score, _brownian(x, key), t_max=t_max)
+    sol = dfx.diffeqsolve(terms, solver, y0=x, **_solve_kwargs(num_steps, t_min, t_max))
+    assert sol.ys is not None
+    return Samples(sol.ys[-1])
+
+
+def sample_ode(
+    score: ScoreFn,
+    sde: AbstractSDE,
+    *,
+    key: PRNGKeyArray | None = None,
+    num_samples: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    x_init: Float[Array, "n *d"] | None = None,
+    solver: dfx.AbstractSolver | None = None,
+    num_steps: int | None = None,
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    max_steps: int = 16_384,
+) -> Float[Array, "n *d"]:
+    """Sample with the probability-flow ODE (Song et al. 2021, Eq. 13).
+
+    Any Diffrax ODE solver: with `num_steps` fixed steps, or adaptive with a
+    `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-5, atol=1e-5)` with
+    `diffrax.Tsit5()`, the default pair).
+    """
+    t_min, t_max = _time_range(sde, t_min, t_max)
+    if x_init is None:
+        if key is None:
+            raise ValueError("Give `key` to draw the initial noise, or `x_init`.")
+        x, _ = _initial_state(sde, key, None, num_samples, shape, t_max)
+    else:
+        x, _ = _initial_state(sde, jax.random.key(0), x_init, None, None, t_max)
+    check_family(score_family(score), t_max, x[0])
+    if num_steps is not None:
+        _check_steps(num_steps)
+    solver = dfx.Tsit5() if solver is None else solver
+    if stepsize_controller is None and num_steps is None:
+        stepsize_controller = dfx.PIDController(rtol=1e-5, atol=1e-5)
+    if stepsize_controller is None:
+        stepsize_controller = dfx.ConstantStepSize()
+    out = _solve_ode(
+        score, sde, solver, stepsize_controller, x, num_steps, t_min, t_max, max_steps
+    )
+    _check_finite_result(Samples(out))
+    return out
+
+
+@eqx.filter_jit
+def _solve_ode(score, sde, solver, controller, x, num_steps, t_min, t_max, max_steps):
+    term = probability_flow_term(sde, score, t_max=t_max)
+    span = t_max - t_min
+    sol = dfx.diffeqsolve(
+        term,
+        solver,
+        t0=0.0,
+        t1=span,
+        dt0=span / num_steps if num_steps is not None else None,
+        y0=x,
+        saveat=dfx.SaveAt(t1=True),
+        stepsize_controller=controller,
+        max_steps=max_steps if num_steps is None else num_steps + 1,
+    )
+    assert sol.ys is not None
+    return sol.ys[-1]
