@@ -4,12 +4,27 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
+from ._checkpoint import (
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
+from ._data import two_moons as two_moons
+from ._density import (
+    AbstractDivergence as AbstractDivergence,
+    ExactDivergence as ExactDivergence,
+    Hutchinson as Hutchinson,
+    ProbabilityFlowDensity as ProbabilityFlowDensity,
+    log_prob_ode as log_prob_ode,
+    sample_ode_with_density as sample_ode_with_density,
+)
 from ._family import (
     AbstractScoreFamily as AbstractScoreFamily,
     ScoreTuple as ScoreTuple,
     StackedScores as StackedScores,
     score_family as score_family,
 )
+from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
+from ._metrics import energy_distance as energy_distance, nearest_share as nearest_share
 from ._mixture import GaussianMixture as GaussianMixture
 from ._nets import (
     MLP as MLP,
@@ -41,6 +56,16 @@ from ._terms import (
     SuperpositionTerm as SuperpositionTerm,
     probability_flow_term as probability_flow_term,
     reverse_sde_terms as reverse_sde_terms,
+)
+from ._train import (
+    ArraySampler as ArraySampler,
+    TrainState as TrainState,
+    dsm_objective as dsm_objective,
+    ema_update as ema_update,
+    fit as fit,
+    init_train_state as init_train_state,
+    make_optimizer as make_optimizer,
+    train_step as train_step,
 )
 
 

@@ -1,0 +1,173 @@
+"""Two moons: superpose a model of the upper moon and one of the lower moon.
+
+Trains model A on the upper moon, model B on the lower moon and a reference model on
+both; samples A alone, B alone, the union model, fixed averaging, SuperDiff OR and
+SuperDiff AND; writes `two_moons.png` and `metrics.json` to the output folder.
+
+    uv run experiments/two_moons.py                  # defaults: a few CPU minutes
+    uv run experiments/two_moons.py --help
+
+Checkpoints go to `<out>/checkpoints/`; a rerun resumes or reuses them.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import superdiff as sd  # noqa: E402
+
+
+SOLVERS = {"euler": dfx.Euler, "heun": dfx.Heun, "sra1": dfx.SRA1}
+ESTIMATORS = {"ito": sd.ItoEstimator, "kernel": sd.KernelRatioEstimator}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("outputs/two_moons"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--train-size", type=int, default=20_000, help="points per data set")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--num-steps", type=int, default=500, help="sampling steps")
+    p.add_argument(
+        "--solver",
+        choices=sorted(SOLVERS),
+        default="euler",
+        help="SDE solver for the methods that do not track densities (A, B, union, "
+        "averaging); OR and AND track log-densities and always use Euler",
+    )
+    p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="ito")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args()
+
+
+def train_model(name, data, sde, args, key):
+    network = sd.MLP(2, width=args.width, depth=args.depth, key=key)
+    optimizer = sd.make_optimizer(args.lr, warmup_steps=200)
+    state = sd.init_train_state(network, optimizer, seed=args.seed)
+    state, history = sd.fit(
+        state,
+        sd.ArraySampler(data, args.batch_size),
+        sd.dsm_objective(sde),
+        optimizer,
+        args.train_steps,
+        checkpoint_path=args.out / "checkpoints" / f"{name}.eqx",
+        checkpoint_every=2000,
+        log_every=500,
+        progress=not args.no_progress,
+        description=f"train {name}",
+    )
+    return sd.EpsilonScore(state.ema, sde), history
+
+
+def main() -> None:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sde = sd.VPSDE()
+    keys = jax.random.split(jax.random.key(args.seed), 10)
+    upper = sd.two_moons(args.train_size, key=keys[0], moon="upper")
+    lower = sd.two_moons(args.train_size, key=keys[1], moon="lower")
+    both = sd.two_moons(args.train_size, key=keys[2], moon="both")
+    test_upper = sd.two_moons(args.num_samples, key=keys[3], moon="upper")
+    test_lower = sd.two_moons(args.num_samples, key=keys[4], moon="lower")
+    test_both = sd.two_moons(args.num_samples, key=keys[5], moon="both")
+
+    tic = time.perf_counter()
+    model_a, hist_a = train_model("A_upper", upper, sde, args, keys[6])
+    model_b, hist_b = train_model("B_lower", lower, sde, args, keys[7])
+    union, hist_u = train_model("union", both, sde, args, keys[8])
+    train_seconds = time.perf_counter() - tic
+
+    solver = SOLVERS[args.solver]()
+    common = dict(num_samples=args.num_samples, shape=(2,), num_steps=args.num_steps)
+    tracked = dict(common, estimator=ESTIMATORS[args.estimator]())
+    pair = [model_a, model_b]
+    methods = {
+        "A (upper) alone": lambda k: sd.sample(model_a, sde, key=k, solver=solver, **common),
+        "B (lower) alone": lambda k: sd.sample(model_b, sde, key=k, solver=solver, **common),
+        "union model": lambda k: sd.sample(union, sde, key=k, solver=solver, **common),
+        "averaging": lambda k: sd.sample(pair, sde, sd.Average(), key=k, solver=solver, **common),
+        "SuperDiff OR": lambda k: sd.sample(pair, sde, sd.Or(), key=k, **tracked),
+        "SuperDiff AND": lambda k: sd.sample(pair, sde, sd.And(), key=k, **tracked),
+    }  # fmt: skip
+    sample_key = keys[9]
+    results, samples = {}, {}
+    for name, run in methods.items():
+        tic = time.perf_counter()
+        out = run(sample_key)
+        seconds = time.perf_counter() - tic
+        samples[name] = out.x
+        record = {
+            "share_nearer_upper": float(
+                sd.nearest_share(out.x, test_upper, test_lower)
+            ),
+            "energy_distance_to_two_moons": float(sd.energy_distance(out.x, test_both)),
+            "sampling_seconds": seconds,
+        }
+        if name == "SuperDiff AND":
+            assert out.log_q is not None
+            gap = jnp.abs(out.log_q[:, 0] - out.log_q[:, 1])
+            record["mean_abs_log_q_gap"] = float(jnp.mean(gap))
+        results[name] = record
+        print(f"{name:>16}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+
+    floor = float(sd.energy_distance(test_both, both[: args.num_samples]))
+    metrics = {
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        },
+        "methods": results,
+        "energy_distance_floor_two_moons_vs_fresh_two_moons": floor,
+        "final_train_loss": {
+            "A_upper": hist_a[-1]["loss"] if hist_a else None,
+            "B_lower": hist_b[-1]["loss"] if hist_b else None,
+            "union": hist_u[-1]["loss"] if hist_u else None,
+        },
+        "train_seconds": train_seconds,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot(samples, upper, lower, results, args.out / "two_moons.png")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'two_moons.png'}")
+
+
+def plot(samples, upper, lower, results, path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.5), sharex=True, sharey=True)
+    for ax, (name, x) in zip(axes.flat, samples.items(), strict=True):
+        ax.scatter(
+            *upper[:3000].T, s=2, c="tab:blue", alpha=0.15, label="upper moon data"
+        )
+        ax.scatter(
+            *lower[:3000].T, s=2, c="tab:orange", alpha=0.15, label="lower moon data"
+        )
+        ax.scatter(*x.T, s=3, c="k", alpha=0.6, label="samples")
+        r = results[name]
+        ax.set_title(
+            f"{name}\nupper share {r['share_nearer_upper']:.2f}, "
+            f"energy dist. {r['energy_distance_to_two_moons']:.3f}",
+            fontsize=10,
+        )
+        ax.set_xlim(-3, 3)
+        ax.set_ylim(-2.2, 2.2)
+        ax.set_aspect("equal")
+    axes.flat[0].legend(loc="lower left", fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Denoising score matching (Vincent 2011; Ho et al. 2020; Song et al. 2021)."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._sde import AbstractSDE
+
+
+def dsm_loss(
+    network: Callable[[Array, Array], Array],
+    sde: AbstractSDE,
+    x0: Float[Array, "*d"],
+    *,
+    key: PRNGKeyArray,
+) -> Float[Array, ""]:
+    """The ε-prediction loss for one example:
+    $\\lVert\\hat\\varepsilon(t, \\alpha_t x_0 + \\sigma_t\\varepsilon) -
+    \\varepsilon\\rVert^2$, mean over dimensions, with $t \\sim U[t_{min}, t_{max}]$.
+
+    Weighting the score error by $\\sigma_t^2$, as this does, is the usual choice
+    (Ho et al. 2020, Eq. 14; Song et al. 2021, $\\lambda(t) = \\sigma_t^2$).
+    """
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.uniform(t_key, minval=sde.t_min, maxval=sde.t_max)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    xt = sde.alpha(t) * x0 + sde.sigma(t) * noise
+    return jnp.mean((network(t, xt) - noise) ** 2)
+
+
+def batch_dsm_loss(
+    network: Callable[[Array, Array], Array],
+    sde: AbstractSDE,
+    x0: Float[Array, "n *d"],
+    *,
+    key: PRNGKeyArray,
+) -> Float[Array, ""]:
+    """`dsm_loss` averaged over a batch, with an independent key per example."""
+    keys = jax.random.split(key, x0.shape[0])
+    return jnp.mean(jax.vmap(lambda x, k: dsm_loss(network, sde, x, key=k))(x0, keys))
