@@ -14,6 +14,7 @@ from ._sde import AbstractSDE
 from ._terms import (
     AbstractDensityEstimator,
     ItoEstimator,
+    MixedScore,
     SuperpositionState,
     SuperpositionTerm,
     probability_flow_term,
@@ -215,8 +216,22 @@ def _check_tracking_solver(solver: dfx.AbstractSolver) -> None:
         )
 
 
-def _brownian(x: Array, key: PRNGKeyArray) -> dfx.UnsafeBrownianPath:
-    return dfx.UnsafeBrownianPath(shape=x.shape, key=key)
+def _brownian(
+    x: Array, key: PRNGKeyArray, solver: dfx.AbstractSolver | None = None
+) -> dfx.UnsafeBrownianPath:
+    # Stochastic Runge–Kutta solvers (SRA1, ShARK, SEA, ...) need Lévy area, not just
+    # increments: generate the cheapest kind that the solver accepts.
+    needed = getattr(solver, "minimal_levy_area", dfx.AbstractBrownianIncrement)
+    levy_area = next(
+        levy
+        for levy in (
+            dfx.BrownianIncrement,
+            dfx.SpaceTimeLevyArea,
+            dfx.SpaceTimeTimeLevyArea,
+        )
+        if issubclass(levy, needed)
+    )
+    return dfx.UnsafeBrownianPath(shape=x.shape, key=key, levy_area=levy_area)
 
 
 def _solve_kwargs(num_steps: int, t_min: float, t_max: float) -> dict:
@@ -248,13 +263,11 @@ def _solve_tracked(
     return Samples(sol.ys.x[-1], sol.ys.log_q[-1])
 
 
-def _mixed_score(family: AbstractScoreFamily, operator: AbstractOperator) -> ScoreFn:
-    def score(t, x):
-        scores = family(t, x)
-        kappa = operator(jnp.zeros(scores.shape[0]), scores, jnp.zeros_like(x), 0.0)
-        return jnp.tensordot(kappa, scores, axes=1)
-
-    return score
+def _mixed_score(family: AbstractScoreFamily, operator: AbstractOperator) -> MixedScore:
+    # Operators that ignore the densities give state-independent weights.
+    num = family.num_models
+    kappa = operator(jnp.zeros(num), jnp.zeros((num, 1)), jnp.zeros(1), 0.0)
+    return MixedScore(family, kappa)
 
 
 @eqx.filter_jit
@@ -265,7 +278,7 @@ def _solve_plain(
         score = family.member(operator.index)  # skip the other models' networks
     else:
         score = _mixed_score(family, operator)
-    terms = reverse_sde_terms(sde, score, _brownian(x, key), t_max=t_max)
+    terms = reverse_sde_terms(sde, score, _brownian(x, key, solver), t_max=t_max)
     sol = dfx.diffeqsolve(terms, solver, y0=x, **_solve_kwargs(num_steps, t_min, t_max))
     assert sol.ys is not None
     return Samples(sol.ys[-1])
