@@ -111,9 +111,12 @@ class StackedScores(AbstractScoreFamily):
     def num_models(self) -> int:
         return self.size
 
+    def _arrays(self, i: int):
+        return jax.tree.map(lambda a: a[i], self.stacked)
+
     def member(self, i: int) -> ScoreFn:
         """The `i`-th model, unstacked."""
-        return eqx.combine(jax.tree.map(lambda a: a[i], self.stacked), self.static)
+        return eqx.combine(self._arrays(i), self.static)
 
     def __call__(self, t, x):
         return jax.vmap(lambda arrays: eqx.combine(arrays, self.static)(t, x))(
@@ -130,10 +133,7 @@ class StackedScores(AbstractScoreFamily):
             # slower than M separate calls (measured 1.5-2x on the two-moons MLP,
             # benchmarks/sampling.py), so on CPU the members run one after another,
             # sliced from the same stacked arrays.
-            outs = [
-                one_model(jax.tree.map(lambda a: a[i], self.stacked))
-                for i in range(self.size)
-            ]
+            outs = [one_model(self._arrays(i)) for i in range(self.size)]
             return jnp.stack(outs, axis=1)
         # On accelerators: one vectorised call, the model axis outermost so each
         # layer is one batched matrix product over models.
