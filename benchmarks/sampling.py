@@ -52,7 +52,7 @@ def scan_euler_maruyama(score, sde, x, key, num_steps: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--num-steps", type=int, default=500)
     p.add_argument("--ode-steps", type=int, default=100)
@@ -97,7 +97,6 @@ def main() -> None:
     )
 
     m = args.ode_steps
-    ode_kw = dict(solver=dfx.Euler(), num_steps=m)
     ito_m = timed(
         lambda: (
             sd.sample(
@@ -106,10 +105,21 @@ def main() -> None:
         ),
         r,
     )
-    exact = timed(lambda: sd.sample_ode_with_density(model_a, sde, x1, **ode_kw)[1], r)
+    exact = timed(
+        lambda: sd.sample_ode_with_density(
+            model_a, sde, x1, solver=dfx.Euler(), num_steps=m
+        )[1],
+        r,
+    )
     hutch = timed(
         lambda: sd.sample_ode_with_density(
-            model_a, sde, x1, divergence=sd.Hutchinson(1), key=key, **ode_kw
+            model_a,
+            sde,
+            x1,
+            divergence=sd.Hutchinson(1),
+            key=key,
+            solver=dfx.Euler(),
+            num_steps=m,
         )[1],
         r,
     )

@@ -32,7 +32,7 @@ ESTIMATORS = {"ito": sd.ItoEstimator, "kernel": sd.KernelRatioEstimator}
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("outputs/two_moons"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, default=6000)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 
-ScoreFn = Callable[[Array, Array], Array]
+ScoreFn = Callable[[Any, Array], Array]
 
 
 class AbstractScoreFamily(eqx.Module):

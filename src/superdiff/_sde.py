@@ -193,7 +193,8 @@ class VESDE(AbstractSDE):
         return jnp.zeros_like(jnp.asarray(t, dtype=float))
 
     def log_sigma(self, t):
-        return math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min)
+        log_ratio = math.log(self.sigma_max / self.sigma_min)
+        return jnp.asarray(math.log(self.sigma_min) + t * log_ratio)
 
     def drift_coef(self, t):
         return jnp.zeros_like(jnp.asarray(t, dtype=float))

@@ -21,8 +21,8 @@ from ._operators import AbstractOperator
 from ._sde import AbstractSDE
 
 
-def _inner(a: Array, b: Array) -> Array:
-    return jnp.sum(a * b)
+def _inner(a: ArrayLike, b: ArrayLike) -> Array:
+    return jnp.sum(jnp.asarray(a) * jnp.asarray(b))
 
 
 # ------------------------------------------------------------------ estimators
@@ -56,7 +56,7 @@ class ItoEstimator(AbstractDensityEstimator):
     """
 
     def increment(self, x, dx, score, f, g2, dtau):
-        return (
+        return jnp.asarray(
             x.size * f * dtau
             - 0.5 * g2 * _inner(score, score) * dtau
             + _inner(dx + f * x * dtau, score)
