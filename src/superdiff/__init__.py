@@ -23,6 +23,14 @@ from ._family import (
     StackedScores as StackedScores,
     score_family as score_family,
 )
+from ._images import (
+    DataNotFoundError as DataNotFoundError,
+    ImageArrays as ImageArrays,
+    ImageSource as ImageSource,
+    image_batches as image_batches,
+    load_images as load_images,
+    select_classes as select_classes,
+)
 from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
 from ._metrics import energy_distance as energy_distance, nearest_share as nearest_share
 from ._mixture import GaussianMixture as GaussianMixture
