@@ -110,3 +110,28 @@ def test_interrupted_training_resumes_to_the_same_state(tmp_path):
 def test_make_optimizer_rejects_bad_learning_rate():
     with pytest.raises(ValueError, match="learning_rate"):
         sd.make_optimizer(0.0)
+
+
+def test_resume_restores_the_data_iterator(tmp_path):
+    # A grain pipeline's position is saved with the checkpoint and restored on
+    # resume, so the resumed run trains on the same batches as a straight one.
+    sde, optimizer, state0, _ = _setup()
+    rng = np.random.default_rng(0)
+    images = sd.ImageArrays(
+        rng.integers(0, 256, (64, 1, 2, 1), dtype=np.uint8), np.zeros(64, np.int64)
+    )
+    flat = lambda model, batch, key: sd.batch_dsm_loss(
+        model, sde, jnp.reshape(batch, (batch.shape[0], -1)), key=key
+    )
+
+    def batches():
+        return iter(sd.image_batches(images, 16, seed=3, with_labels=False))
+
+    straight, _ = sd.fit(state0, batches(), flat, optimizer, 12, progress=False)
+    path = tmp_path / "run.eqx"
+    sd.fit(state0, batches(), flat, optimizer, 5, checkpoint_path=path, progress=False)
+    resumed, _ = sd.fit(
+        _setup()[2], batches(), flat, optimizer, 12, checkpoint_path=path,
+        progress=False,
+    )  # fmt: skip
+    assert _leaves_equal(resumed, straight)

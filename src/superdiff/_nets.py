@@ -26,7 +26,9 @@ class SinusoidalEmbedding(eqx.Module):
 
     def __call__(self, t: Float[ArrayLike, ""]) -> Float[Array, " dim"]:
         half = self.dim // 2
-        freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / max(half - 1, 1))
+        freqs = jnp.exp(
+            -math.log(10_000.0) * jnp.arange(half, dtype=float) / max(half - 1, 1)
+        )
         angles = self.scale * jnp.asarray(t, dtype=float) * freqs
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
 

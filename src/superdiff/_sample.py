@@ -82,9 +82,16 @@ def _check_steps(num_steps: int) -> None:
         raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
 
 
+@eqx.filter_jit
+def _finite_per_model(family: AbstractScoreFamily, t: Array, x: Array) -> Array:
+    scores = family.batched(t, x)
+    return jnp.all(jnp.isfinite(scores.reshape(*scores.shape[:2], -1)), axis=(0, 2))
+
+
 def _check_finite_scores(family: AbstractScoreFamily, t: float, x: Array) -> None:
-    scores = jax.vmap(lambda xi: family(jnp.asarray(t), xi))(x[:8])
-    finite = jnp.all(jnp.isfinite(scores.reshape(*scores.shape[:2], -1)), axis=(0, 2))
+    """One compiled evaluation on a few starting points, before the long solve, so
+    that a model returning NaN is named (not just a NaN result after the solve)."""
+    finite = _finite_per_model(family, jnp.asarray(t), x[:8])
     bad = [int(i) for i in jnp.flatnonzero(~finite)]
     if bad:
         raise FloatingPointError(
@@ -165,6 +172,14 @@ def sample(
             "so it needs `track_density=True`."
         )
     solver = dfx.Euler() if solver is None else solver
+    if isinstance(solver, dfx.ItoMilstein | dfx.StratonovichMilstein):
+        raise ValueError(
+            f"`{type(solver).__name__}` forms the diffusion's Jacobian over the whole "
+            "batch, (n·d)² entries, which does not fit in memory for a batch of "
+            "samples; and the reverse SDE's noise is additive, so Milstein's "
+            "correction is zero anyway. Use `diffrax.Euler()`, `diffrax.Heun()` or "
+            "an SRK solver such as `diffrax.ShARK()`."
+        )
     if track:
         _check_tracking_solver(solver)
         estimator = ItoEstimator() if estimator is None else estimator

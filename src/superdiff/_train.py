@@ -164,15 +164,20 @@ def fit(
     checkpoint is there.
 
     `data` is an `ArraySampler` (batches drawn inside the compiled step) or an
-    iterator of batches. A progress bar shows the loss and steps/s; every
+    iterator of batches; an iterator with `get_state`/`set_state` (a grain
+    iterator, as from `image_batches`) has its state saved in the checkpoint and
+    restored on resume, so a resumed run reads the same batches. A progress bar shows the loss and steps/s; every
     `log_every` steps a record `{step, loss, steps_per_s}` is appended to the
     returned history; every `checkpoint_every` steps, and at the end, the whole
     state is written atomically.
     """
     if num_steps < 0:
         raise ValueError(f"`num_steps` must be non-negative; got {num_steps}.")
+    stateful = hasattr(data, "get_state") and hasattr(data, "set_state")
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state, _ = load_checkpoint(checkpoint_path, state)
+        state, metadata = load_checkpoint(checkpoint_path, state)
+        if stateful and "data_state" in metadata:
+            data.set_state(metadata["data_state"])  # pyright: ignore
     if isinstance(data, ArraySampler):
         objective = _sampler_objective(loss_fn, data)
         next_batch = lambda: data.data
@@ -208,6 +213,9 @@ def fit(
         if checkpoint_path is not None and (
             done % checkpoint_every == 0 or done == num_steps
         ):
-            save_checkpoint(checkpoint_path, state, {"step": done})
+            metadata: dict[str, Any] = {"step": done}
+            if stateful:
+                metadata["data_state"] = data.get_state()  # pyright: ignore
+            save_checkpoint(checkpoint_path, state, metadata)
     bar.close()
     return state, history
