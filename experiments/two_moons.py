@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
         "averaging); OR and AND track log-densities and always use Euler",
     )
     p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="ito")
+    p.add_argument(
+        "--and-curvature",
+        action="store_true",
+        help="AND with the curvature correction (exact tracked densities; one JVP "
+        "per step on top of the score evaluations)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args()
 
@@ -102,7 +108,10 @@ def main() -> None:
         "union model": lambda k: sd.sample(union, sde, key=k, solver=solver, **common),
         "averaging": lambda k: sd.sample(pair, sde, sd.Average(), key=k, solver=solver, **common),
         "SuperDiff OR": lambda k: sd.sample(pair, sde, sd.Or(), key=k, **tracked),
-        "SuperDiff AND": lambda k: sd.sample(pair, sde, sd.And(), key=k, **tracked),
+        "SuperDiff AND": lambda k: sd.sample(
+            pair, sde, sd.And(curvature_correction=args.and_curvature), key=k,
+            **tracked,
+        ),
     }  # fmt: skip
     sample_key = keys[9]
     results, samples = {}, {}

@@ -216,3 +216,17 @@ def test_check_rejects_wrong_model_counts(op, num_models):
 )
 def test_check_accepts_right_model_counts(op, num_models):
     op.check(num_models)
+
+
+def test_and_noise_directions_span_the_score_differences():
+    from superdiff._operators import and_noise_directions
+
+    scores = jax.random.normal(jax.random.key(5), (3, 6))
+    rows = and_noise_directions(scores)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(2), atol=1e-10)
+    projector = rows.T @ rows
+    for i, j in [(0, 1), (1, 2), (0, 2)]:
+        diff = scores[i] - scores[j]
+        np.testing.assert_allclose(projector @ diff, diff, atol=1e-10)
+    same = jnp.stack([scores[0], scores[0]])
+    np.testing.assert_array_equal(and_noise_directions(same), np.zeros((1, 6)))

@@ -160,12 +160,25 @@ class And(AbstractOperator):
     (h\\lVert s_1-s_2\\rVert^2)$) while the step $h\\sum\\kappa_i s_i$ stays bounded,
     because the correction only cancels the noise along the score difference. If
     `max_weight` is given, the deviation $\\kappa - \\mathbf 1/M$ is scaled down
-    (keeping $\\sum\\kappa = 1$) until every $|\\kappa_i| \\le$ `max_weight`; the
-    log-densities stay exactly tracked, only their equality is relaxed in that step.
+    (keeping $\\sum\\kappa = 1$) until every $|\\kappa_i| \\le$ `max_weight`; only
+    the equality of the increments is relaxed in that step.
+
+    **Curvature.** Because $\\kappa$ depends on the step's own $dW$, the realised
+    step carries no noise along the span of the score differences (projector $P$):
+    its diffusion is $g^2(I - P)$, not $g^2 I$. The Itô estimator assumes the
+    latter, so each tracked $\\log q^i$ gains a bias
+    $\\tfrac12\\int g^2\\,\\mathrm{tr}(P\\nabla s_i)\\,d\\tau$ (measured on two
+    Gaussians of variance 0.25: $-5.7$ nats, whatever the step count), and where the
+    models' curvatures differ, equal tracked values are not equal densities. With
+    `curvature_correction=True` the sampler adds the missing
+    $-\\tfrac h2\\mathrm{tr}(P\\nabla s_i)$ to each increment, from one JVP of the
+    models per direction of $P$ (M − 1 per step, on top of the one evaluation), and
+    equalises the corrected increments. Supported with `ItoEstimator`.
     """
 
     rtol: float = 1e-10
     max_weight: float | None = None
+    curvature_correction: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if not self.rtol >= 0:
@@ -176,17 +189,31 @@ class And(AbstractOperator):
                 f"got {self.max_weight}."
             )
 
-    def __call__(self, log_q, scores, noise, h):
-        kappa = and_weights(scores, noise, h, rtol=self.rtol)
+    def __call__(self, log_q, scores, noise, h, offsets=None):
+        return self.weights_and_shrink(scores, noise, h, offsets)[0]
+
+    def weights_and_shrink(
+        self,
+        scores: Float[Array, "M *d"],
+        noise: Float[Array, "*d"],
+        h: Float[ArrayLike, ""],
+        offsets: Float[Array, " M"] | None = None,
+    ) -> tuple[Float[Array, " M"], Float[Array, ""]]:
+        """The weights and the factor `c ∈ (0, 1]` by which `max_weight` shrank
+        their deviation from uniform (1 when unbounded)."""
+        kappa = and_weights(scores, noise, h, rtol=self.rtol, offsets=offsets)
+        shrink = jnp.ones((), kappa.dtype)
         if self.max_weight is not None:
             num = scores.shape[0]
             dev = kappa - 1.0 / num
-            largest = jnp.max(jnp.abs(dev))
             room = self.max_weight - 1.0 / num
-            kappa = 1.0 / num + dev * jnp.minimum(
-                1.0, room / jnp.maximum(largest, room)
-            )
-        return kappa
+            shrink = jnp.minimum(1.0, room / jnp.maximum(jnp.max(jnp.abs(dev)), room))
+            kappa = 1.0 / num + dev * shrink
+        return kappa, shrink
+
+    def noise_directions(self, scores: Float[Array, "M *d"]) -> Float[Array, "M-1 *d"]:
+        """See `and_noise_directions`."""
+        return and_noise_directions(scores, self.rtol)
 
     def check(self, num_models):
         if num_models < 2:
@@ -204,28 +231,49 @@ def _complement_basis(num: int) -> np.ndarray:
     return basis
 
 
+def _difference_eigensystem(scores: Array, rtol: float):
+    """The Helmert basis Q, the reduced scores S̃ = QᵀS, and the kept eigenpairs of
+    the difference Gram matrix G = S̃S̃ᵀ (dropped ones have zero inverse)."""
+    num = scores.shape[0]
+    flat = scores.reshape(num, -1)
+    basis = jnp.asarray(_complement_basis(num), dtype=flat.dtype)
+    reduced = basis.T @ flat  # differences of the scores, (M-1, D)
+    eigvals, eigvecs = jnp.linalg.eigh(reduced @ reduced.T)
+    scale = jnp.mean(jnp.sum(flat**2, axis=1))
+    keep = eigvals > rtol * scale
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, eigvals, 1.0), 0.0)
+    return flat, basis, reduced, eigvecs, inv
+
+
 def and_weights(
     scores: Float[Array, "M *d"],
     noise: Float[Array, "*d"],
     h: Float[ArrayLike, ""],
     rtol: float = 1e-10,
+    offsets: Float[Array, " M"] | None = None,
 ) -> Float[Array, " M"]:
     """The AND weights for any number of models (Skreta et al. 2025, Prop. 6); see
-    `And` for the system solved and the rule at degenerate points."""
+    `And` for the system solved and the rule at degenerate points. `offsets` are
+    added to each model's increment before equalising (the curvature correction)."""
     num = scores.shape[0]
-    flat = scores.reshape(num, -1)
-    noise = noise.reshape(-1)
-    basis = jnp.asarray(_complement_basis(num), dtype=flat.dtype)
-    v = flat @ noise - 0.5 * h * jnp.sum(flat**2, axis=1)
-    reduced = basis.T @ flat  # differences of the scores, (M-1, D)
-    gram = reduced @ reduced.T
+    flat, basis, reduced, eigvecs, inv = _difference_eigensystem(scores, rtol)
+    v = flat @ noise.reshape(-1) - 0.5 * h * jnp.sum(flat**2, axis=1)
+    if offsets is not None:
+        v = v + offsets
     rhs = -(basis.T @ v / h + reduced @ jnp.mean(flat, axis=0))
-    eigvals, eigvecs = jnp.linalg.eigh(gram)
-    scale = jnp.mean(jnp.sum(flat**2, axis=1))
-    keep = eigvals > rtol * scale
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, eigvals, 1.0), 0.0)
     z = eigvecs @ (inv * (eigvecs.T @ rhs))
     return 1.0 / num + basis @ z
+
+
+def and_noise_directions(
+    scores: Float[Array, "M *d"], rtol: float = 1e-10
+) -> Float[Array, "M-1 *d"]:
+    """An orthonormal basis (rows; zero rows for degenerate directions) of the span
+    of the score differences: the directions in which AND's weights cancel the
+    step's noise."""
+    _, _, reduced, eigvecs, inv = _difference_eigensystem(scores, rtol)
+    rows = (jnp.sqrt(inv)[:, None] * eigvecs.T) @ reduced
+    return rows.reshape(scores.shape[0] - 1, *scores.shape[1:])
 
 
 def and_weights_two(

@@ -17,7 +17,7 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Float
 
 from ._family import AbstractScoreFamily
-from ._operators import AbstractOperator
+from ._operators import AbstractOperator, And
 from ._sde import AbstractSDE
 
 
@@ -193,6 +193,7 @@ class _Evaluation(eqx.Module):
     """What the vector field gives the step: the scores at the current point and the
     schedule's coefficients. One network evaluation per model."""
 
+    t: Float[Array, ""]
     x: Float[Array, "n *d"]
     log_q: Float[Array, "n M"]
     scores: Float[Array, "n M *d"]
@@ -244,6 +245,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
         sde = self.clock.sde
         scores = self.family.batched(model_t, y.x)
         return _Evaluation(
+            model_t,
             y.x,
             y.log_q,
             scores,
@@ -259,15 +261,37 @@ class SuperpositionTerm(dfx.AbstractTerm):
         f, g2 = vf.f, vf.g2
         h = g2 * dtau
         noise = jnp.sqrt(g2) * dw
+        correct = isinstance(self.operator, And) and self.operator.curvature_correction
 
         def one(x, log_q, scores, noise):
-            kappa = self.operator(log_q, scores, noise, h)
+            extra = jnp.zeros(scores.shape[0], scores.dtype)
+            if correct:
+                assert isinstance(self.operator, And)
+                # tr(P ∇s_i) along the directions where AND cancels the noise.
+                directions = self.operator.noise_directions(scores)
+                curvature = jnp.sum(
+                    jax.vmap(lambda u: self._curvature(vf.t, x, u))(directions), axis=0
+                )
+                missing = -0.5 * h * curvature
+                kappa, shrink = self.operator.weights_and_shrink(
+                    scores, noise, h, offsets=missing
+                )
+                # Noise left along P: (1 - shrink) of it, so the realised diffusion
+                # there is g²(1 - shrink)² = g²(1 - (2 shrink - shrink²)).
+                extra = (2 * shrink - shrink**2) * missing
+            else:
+                kappa = self.operator(log_q, scores, noise, h)
             mixed = jnp.tensordot(kappa, scores, axes=1)
             dx = (-f * x + g2 * mixed) * dtau + noise
             dlog_q = jax.vmap(
                 lambda s: self.estimator.increment(x, dx, s, f, g2, dtau)
             )(scores)
-            return dx, dlog_q
+            return dx, dlog_q + extra
 
         dx, dlog_q = jax.vmap(one)(vf.x, vf.log_q, vf.scores, noise)
         return SuperpositionState(dx, dlog_q)
+
+    def _curvature(self, t, x, direction) -> Float[Array, " M"]:
+        """$u^\\top\\nabla s_i(x)\\,u$ for every model, by one JVP of the family."""
+        _, tangent = jax.jvp(lambda v: self.family(t, v), (x,), (direction,))
+        return jnp.sum((tangent * direction).reshape(tangent.shape[0], -1), axis=1)
