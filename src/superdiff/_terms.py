@@ -98,6 +98,15 @@ class _Clock(eqx.Module):
         return self.t_max - jnp.asarray(tau)
 
 
+def _weighted_sum(weights: Array, scores: Array, axis: int = 0) -> Array:
+    """$\\sum_i w_i s_i$ over `axis`, written as a broadcast and a reduction, which
+    XLA fuses with its neighbours; a `tensordot` with M = 2 becomes a separate tiny
+    matrix product per example (measurably slower on CPU)."""
+    shape = [1] * scores.ndim
+    shape[axis] = -1
+    return jnp.sum(jnp.reshape(weights, shape) * scores, axis=axis)
+
+
 def _batched(score_fn, t, x):
     """A per-example score on a batch; score families know a faster way."""
     if isinstance(score_fn, AbstractScoreFamily | MixedScore):
@@ -112,10 +121,10 @@ class MixedScore(eqx.Module):
     weights: Float[Array, " M"]
 
     def __call__(self, t, x):
-        return jnp.tensordot(self.weights, self.family(t, x), axes=1)
+        return _weighted_sum(self.weights, self.family(t, x))
 
     def batched(self, t, x):
-        return jnp.tensordot(self.family.batched(t, x), self.weights, axes=(1, 0))
+        return _weighted_sum(self.weights, self.family.batched(t, x), axis=1)
 
 
 class ReverseDrift(eqx.Module):
@@ -281,7 +290,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
                 extra = (2 * shrink - shrink**2) * missing
             else:
                 kappa = self.operator(log_q, scores, noise, h)
-            mixed = jnp.tensordot(kappa, scores, axes=1)
+            mixed = _weighted_sum(kappa, scores)
             dx = (-f * x + g2 * mixed) * dtau + noise
             dlog_q = jax.vmap(
                 lambda s: self.estimator.increment(x, dx, s, f, g2, dtau)
