@@ -23,14 +23,19 @@ import jax.numpy as jnp
 import superdiff as sd
 
 
-def timed(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
+def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall-clock seconds of each callable. After one compile-and-warm-up
+    call each, the callables take turns in every round, so that drifts in the
+    machine's load hit all of them alike (this machine is shared)."""
+    for fn in fns.values():
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            tic = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 @eqx.filter_jit
@@ -68,61 +73,47 @@ def main() -> None:
     n, r = args.num_steps, args.repeats
     print(
         f"backend {jax.default_backend()}, {args.num_samples} samples, {n} steps, "
-        f"median of {r}"
-    )
-
-    plain = timed(lambda: sd.sample(model_a, sde, key=key, x_init=x1, num_steps=n).x, r)
-    tracked = timed(
-        lambda: (
-            sd.sample(
-                model_a, sde, key=key, x_init=x1, num_steps=n, track_density=True
-            ).log_q
-        ),
-        r,
-    )
-    kernel = timed(
-        lambda: sd.sample(
-            model_a, sde, key=key, x_init=x1, num_steps=n, track_density=True,
-            estimator=sd.KernelRatioEstimator(),
-        ).log_q,
-        r,
-    )  # fmt: skip
-    scan = timed(lambda: scan_euler_maruyama(model_a, sde, x1, key, n), r)
-    pair = sd.score_family([model_a, model_b])
-    superposed = timed(
-        lambda: sd.sample(pair, sde, sd.Or(), key=key, x_init=x1, num_steps=n).x, r
-    )
-    and_time = timed(
-        lambda: sd.sample(pair, sde, sd.And(), key=key, x_init=x1, num_steps=n).x, r
+        f"median of {r} interleaved rounds"
     )
 
     m = args.ode_steps
-    ito_m = timed(
-        lambda: (
+    pair = sd.score_family([model_a, model_b])
+    ito, kernel_ratio = sd.ItoEstimator(), sd.KernelRatioEstimator()
+
+    def run(models, operator=None, steps=n, **kw):
+        return lambda: (
             sd.sample(
-                model_a, sde, key=key, x_init=x1, num_steps=m, track_density=True
-            ).log_q
-        ),
+                models, sde, operator, key=key, x_init=x1, num_steps=steps, **kw
+            ).x
+        )
+
+    t = timed_interleaved(
+        {
+            "plain": run(model_a),
+            "tracked": run(model_a, track_density=True, estimator=ito),
+            "kernel": run(model_a, track_density=True, estimator=kernel_ratio),
+            "scan": lambda: scan_euler_maruyama(model_a, sde, x1, key, n),
+            "or": run(pair, sd.Or()),
+            "and": run(pair, sd.And()),
+            "ito_m": run(model_a, steps=m, track_density=True),
+            "exact": lambda: sd.sample_ode_with_density(
+                model_a, sde, x1, solver=dfx.Euler(), num_steps=m
+            )[1],
+            "hutch": lambda: sd.sample_ode_with_density(
+                model_a,
+                sde,
+                x1,
+                divergence=sd.Hutchinson(1),
+                key=key,
+                solver=dfx.Euler(),
+                num_steps=m,
+            )[1],  # fmt: skip
+        },
         r,
     )
-    exact = timed(
-        lambda: sd.sample_ode_with_density(
-            model_a, sde, x1, solver=dfx.Euler(), num_steps=m
-        )[1],
-        r,
-    )
-    hutch = timed(
-        lambda: sd.sample_ode_with_density(
-            model_a,
-            sde,
-            x1,
-            divergence=sd.Hutchinson(1),
-            key=key,
-            solver=dfx.Euler(),
-            num_steps=m,
-        )[1],
-        r,
-    )
+    plain, tracked, kernel, scan = t["plain"], t["tracked"], t["kernel"], t["scan"]
+    superposed, and_time = t["or"], t["and"]
+    ito_m, exact, hutch = t["ito_m"], t["exact"], t["hutch"]
 
     rows = [
         ("plain sampling (Euler, no density)", plain, None),

@@ -548,3 +548,11 @@ def test_and_curvature_correction_tracks_exact_densities():
     plain_bias, plain_gap = run(False)
     assert np.all(plain_bias < -5.0), plain_bias
     assert plain_gap > 0.4, plain_gap
+
+
+def test_and_curvature_correction_needs_the_ito_estimator():
+    with pytest.raises(ValueError, match="ItoEstimator"):
+        _sample(
+            operator=sd.And(curvature_correction=True),
+            estimator=sd.KernelRatioEstimator(),
+        )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
-from ._operators import AbstractOperator, Single
+from ._operators import AbstractOperator, And, Single
 from ._sde import AbstractSDE
 from ._terms import (
     AbstractDensityEstimator,
@@ -132,7 +132,7 @@ def sample(
 
     - `models`: one score `(t, x) -> ∇log q_t(x)` on one example, a sequence of
         them, or an `AbstractScoreFamily`. Equinox modules of one architecture are
-        stacked and run as one vectorised call.
+        stacked on a model axis (`StackedScores`).
     - `sde`: the schedule the models were trained under.
     - `operator`: how the scores are weighted (`Single`, `Average`, `Or`, `And`);
         `Single()` by default.
@@ -183,6 +183,16 @@ def sample(
     if track:
         _check_tracking_solver(solver)
         estimator = ItoEstimator() if estimator is None else estimator
+        if (
+            isinstance(operator, And)
+            and operator.curvature_correction
+            and not isinstance(estimator, ItoEstimator)
+        ):
+            raise ValueError(
+                "`And(curvature_correction=True)` corrects the Itô estimator's "
+                "increments, so it needs `estimator=ItoEstimator()`; got "
+                f"`{type(estimator).__name__}`."
+            )
         if log_q_init is None:
             log_q_init = jnp.broadcast_to(
                 jax.vmap(sde.prior_log_prob)(x)[:, None],
