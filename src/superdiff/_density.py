@@ -141,12 +141,7 @@ _flow_solve_jit = eqx.filter_jit(_flow_solve)
 
 
 def _ode_setup(sde, t_min, t_max, solver, num_steps, stepsize_controller):
-    t_min = sde.t_min if t_min is None else float(t_min)
-    t_max = sde.t_max if t_max is None else float(t_max)
-    sde.check_time(t_min, "t_min")
-    sde.check_time(t_max, "t_max")
-    if not t_min < t_max:
-        raise ValueError(f"Expected `t_min < t_max`; got {t_min} and {t_max}.")
+    t_min, t_max = sde.time_range(t_min, t_max)
     solver = dfx.Tsit5() if solver is None else solver
     if stepsize_controller is None:
         stepsize_controller = (

@@ -37,18 +37,6 @@ class Samples(eqx.Module):
     log_q: Float[Array, "n M"] | None = None
 
 
-def _time_range(
-    sde: AbstractSDE, t_min: float | None, t_max: float | None
-) -> tuple[float, float]:
-    t_min = sde.t_min if t_min is None else float(t_min)
-    t_max = sde.t_max if t_max is None else float(t_max)
-    sde.check_time(t_min, "t_min")
-    sde.check_time(t_max, "t_max")
-    if not t_min < t_max:
-        raise ValueError(f"Expected `t_min < t_max`; got t_min={t_min}, t_max={t_max}.")
-    return t_min, t_max
-
-
 def _initial_state(
     sde: AbstractSDE,
     key: PRNGKeyArray,
@@ -161,7 +149,7 @@ def sample(
         )
     family = score_family(models)
     operator.check(family.num_models)
-    t_min, t_max = _time_range(sde, t_min, t_max)
+    t_min, t_max = sde.time_range(t_min, t_max)
     _check_steps(num_steps)
     x, key = _initial_state(sde, key, x_init, num_samples, shape, t_max)
     check_family(family, t_max, x[0])
@@ -330,7 +318,7 @@ def sample_ode(
     `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-5, atol=1e-5)` with
     `diffrax.Tsit5()`, the default pair).
     """
-    t_min, t_max = _time_range(sde, t_min, t_max)
+    t_min, t_max = sde.time_range(t_min, t_max)
     if x_init is None:
         if key is None:
             raise ValueError("Give `key` to draw the initial noise, or `x_init`.")

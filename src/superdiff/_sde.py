@@ -93,6 +93,21 @@ class AbstractSDE(eqx.Module):
             jnp.log(std) + 0.5 * math.log(2 * math.pi)
         )
 
+    def time_range(
+        self, t_min: float | None = None, t_max: float | None = None
+    ) -> tuple[float, float]:
+        """`(t_min, t_max)` with the schedule's defaults filled in, checked to lie in
+        its range and in order."""
+        t_min = self.t_min if t_min is None else float(t_min)
+        t_max = self.t_max if t_max is None else float(t_max)
+        self.check_time(t_min, "t_min")
+        self.check_time(t_max, "t_max")
+        if not t_min < t_max:
+            raise ValueError(
+                f"Expected `t_min < t_max`; got t_min={t_min}, t_max={t_max}."
+            )
+        return t_min, t_max
+
     def check_time(self, t: float, name: str = "t") -> None:
         """Raise if a concrete time lies outside `[t_min, t_max]`."""
         if not (self.t_min <= t <= self.t_max):
