@@ -135,3 +135,17 @@ def test_resume_restores_the_data_iterator(tmp_path):
         progress=False,
     )  # fmt: skip
     assert _leaves_equal(resumed, straight)
+
+
+def test_dsm_loss_passes_a_dropout_key_only_when_asked():
+    sde = sd.VPSDE()
+
+    def network(t, x, key=None):
+        assert key is not None, "no dropout key"
+        return jnp.zeros_like(x) + jax.random.uniform(key)
+
+    x0 = jnp.zeros((4, 2))
+    loss = sd.batch_dsm_loss(network, sde, x0, key=jax.random.key(0), dropout=True)
+    assert jnp.isfinite(loss)
+    with pytest.raises(AssertionError, match="no dropout key"):
+        sd.batch_dsm_loss(network, sde, x0, key=jax.random.key(0))

@@ -15,6 +15,7 @@ def dsm_loss(
     x0: Float[Array, "*d"],
     *,
     key: PRNGKeyArray,
+    dropout: bool = False,
 ) -> Float[Array, ""]:
     """The ε-prediction loss for one example:
     $\\lVert\\hat\\varepsilon(t, \\alpha_t x_0 + \\sigma_t\\varepsilon) -
@@ -22,12 +23,19 @@ def dsm_loss(
 
     Weighting the score error by $\\sigma_t^2$, as this does, is the usual choice
     (Ho et al. 2020, Eq. 14; Song et al. 2021, $\\lambda(t) = \\sigma_t^2$).
+
+    With `dropout=True` the network is called as `network(t, x, key=...)` with a
+    key of this example's own (for networks with dropout, such as `UNet`).
     """
-    t_key, noise_key = jax.random.split(key)
+    t_key, noise_key, dropout_key = jax.random.split(key, 3)
     t = jax.random.uniform(t_key, minval=sde.t_min, maxval=sde.t_max)
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     xt = sde.alpha(t) * x0 + sde.sigma(t) * noise
-    return jnp.mean((network(t, xt) - noise) ** 2)
+    if dropout:
+        prediction = network(t, xt, key=dropout_key)  # pyright: ignore[reportCallIssue]
+    else:
+        prediction = network(t, xt)
+    return jnp.mean((prediction - noise) ** 2)
 
 
 def batch_dsm_loss(
@@ -36,7 +44,9 @@ def batch_dsm_loss(
     x0: Float[Array, "n *d"],
     *,
     key: PRNGKeyArray,
+    dropout: bool = False,
 ) -> Float[Array, ""]:
     """`dsm_loss` averaged over a batch, with an independent key per example."""
     keys = jax.random.split(key, x0.shape[0])
-    return jnp.mean(jax.vmap(lambda x, k: dsm_loss(network, sde, x, key=k))(x0, keys))
+    loss = lambda x, k: dsm_loss(network, sde, x, key=k, dropout=dropout)
+    return jnp.mean(jax.vmap(loss)(x0, keys))

@@ -83,9 +83,12 @@ def step_key(state: TrainState) -> PRNGKeyArray:
 LossFn = Callable[[PyTree, Any, PRNGKeyArray], Float[Array, ""]]
 
 
-def dsm_objective(sde: AbstractSDE) -> LossFn:
-    """The batched denoising score-matching loss as a `(model, batch, key)` function."""
-    return lambda model, batch, key: batch_dsm_loss(model, sde, batch, key=key)
+def dsm_objective(sde: AbstractSDE, dropout: bool = False) -> LossFn:
+    """The batched denoising score-matching loss as a `(model, batch, key)` function;
+    `dropout=True` gives every example its own dropout key (see `dsm_loss`)."""
+    return lambda model, batch, key: batch_dsm_loss(
+        model, sde, batch, key=key, dropout=dropout
+    )
 
 
 @eqx.filter_jit
