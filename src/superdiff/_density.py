@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._family import ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
-from ._terms import _Clock
+from ._terms import _Clock, ode_settings
 
 
 class AbstractDivergence(eqx.Module):
@@ -140,18 +140,6 @@ def _flow_solve(
 _flow_solve_jit = eqx.filter_jit(_flow_solve)
 
 
-def _ode_setup(sde, t_min, t_max, solver, num_steps, stepsize_controller):
-    t_min, t_max = sde.time_range(t_min, t_max)
-    solver = dfx.Tsit5() if solver is None else solver
-    if stepsize_controller is None:
-        stepsize_controller = (
-            dfx.PIDController(rtol=1e-5, atol=1e-5)
-            if num_steps is None
-            else dfx.ConstantStepSize()
-        )
-    return t_min, t_max, solver, stepsize_controller
-
-
 def log_prob_ode(
     score: ScoreFn,
     sde: AbstractSDE,
@@ -172,7 +160,7 @@ def log_prob_ode(
 
     **Returns:** the log-densities `(n,)` and the latents at $t_{max}$.
     """
-    t_min, t_max, solver, controller = _ode_setup(
+    t_min, t_max, solver, controller = ode_settings(
         sde, t_min, t_max, solver, num_steps, stepsize_controller
     )
     divergence = ExactDivergence() if divergence is None else divergence
@@ -205,7 +193,7 @@ def sample_ode_with_density(
     """Sample with the probability-flow ODE from noise `x_init` and track
     $\\log q_t$ along it, starting from the prior's log-density (Skreta et al. 2025,
     Prop. 5). **Returns:** the samples and their $\\log q_{t_{min}}$."""
-    t_min, t_max, solver, controller = _ode_setup(
+    t_min, t_max, solver, controller = ode_settings(
         sde, t_min, t_max, solver, num_steps, stepsize_controller
     )
     divergence = ExactDivergence() if divergence is None else divergence

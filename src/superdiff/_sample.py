@@ -17,6 +17,7 @@ from ._terms import (
     MixedScore,
     SuperpositionState,
     SuperpositionTerm,
+    ode_settings,
     probability_flow_term,
     reverse_sde_terms,
 )
@@ -318,7 +319,9 @@ def sample_ode(
     `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-5, atol=1e-5)` with
     `diffrax.Tsit5()`, the default pair).
     """
-    t_min, t_max = sde.time_range(t_min, t_max)
+    t_min, t_max, solver, stepsize_controller = ode_settings(
+        sde, t_min, t_max, solver, num_steps, stepsize_controller
+    )
     if x_init is None:
         if key is None:
             raise ValueError("Give `key` to draw the initial noise, or `x_init`.")
@@ -326,13 +329,6 @@ def sample_ode(
     else:
         x, _ = _initial_state(sde, jax.random.key(0), x_init, None, None, t_max)
     check_family(score_family(score), t_max, x[0])
-    if num_steps is not None:
-        _check_steps(num_steps)
-    solver = dfx.Tsit5() if solver is None else solver
-    if stepsize_controller is None and num_steps is None:
-        stepsize_controller = dfx.PIDController(rtol=1e-5, atol=1e-5)
-    if stepsize_controller is None:
-        stepsize_controller = dfx.ConstantStepSize()
     out = _solve_ode(
         score, sde, solver, stepsize_controller, x, num_steps, t_min, t_max, max_steps
     )

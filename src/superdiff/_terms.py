@@ -179,6 +179,30 @@ def reverse_sde_terms(
     )
 
 
+def ode_settings(
+    sde: AbstractSDE,
+    t_min: float | None,
+    t_max: float | None,
+    solver: dfx.AbstractSolver | None,
+    num_steps: int | None,
+    stepsize_controller: dfx.AbstractStepSizeController | None,
+) -> tuple[float, float, dfx.AbstractSolver, dfx.AbstractStepSizeController]:
+    """The checked time range and the defaults shared by every probability-flow
+    solve: `Tsit5`, adaptive (`PIDController(rtol=1e-5, atol=1e-5)`) unless
+    `num_steps` fixes the steps."""
+    t_min, t_max = sde.time_range(t_min, t_max)
+    if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
+        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
+    solver = dfx.Tsit5() if solver is None else solver
+    if stepsize_controller is None:
+        stepsize_controller = (
+            dfx.PIDController(rtol=1e-5, atol=1e-5)
+            if num_steps is None
+            else dfx.ConstantStepSize()
+        )
+    return t_min, t_max, solver, stepsize_controller
+
+
 def probability_flow_term(
     sde: AbstractSDE, score_fn, t_max: float | None = None
 ) -> dfx.ODETerm:
