@@ -100,6 +100,18 @@ def test_mixture_of_isotropic_and_diagonal_covariances():
     expected = _grid(full.log_prob, ts, xs)
     np.testing.assert_allclose(_grid(iso.log_prob, ts, xs), expected, rtol=1e-12)
     np.testing.assert_allclose(_grid(diag.log_prob, ts, xs), expected, rtol=1e-12)
+    # Isotropic and diagonal mixtures take the elementwise path; full ones the
+    # Cholesky path: the scores and samples must agree too.
+    assert iso.variances is not None and full.variances is None
+    expected_score = _grid(full.score, ts, xs)
+    np.testing.assert_allclose(_grid(iso.score, ts, xs), expected_score, rtol=1e-12)
+    np.testing.assert_allclose(_grid(diag.score, ts, xs), expected_score, rtol=1e-12)
+    for t in ts:
+        key = jax.random.key(3)
+        np.testing.assert_allclose(
+            diag.sample(5, t, key=key), full.sample(5, t, key=key), rtol=1e-12
+        )
+    assert iso.component(1).variances is not None
     # Uniform weights by default.
     np.testing.assert_allclose(jnp.exp(iso.log_weights), [0.5, 0.5], rtol=1e-12)
 
