@@ -119,6 +119,23 @@ def test_log_snr(sde):
     assert np.all(np.diff(lam) < 0)
 
 
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_time_at_log_snr_inverts_log_snr(sde):
+    ts = _times(sde, 11)
+    lam = jax.vmap(sde.log_snr)(ts)
+    np.testing.assert_allclose(sde.time_at_log_snr(lam), ts, rtol=1e-9, atol=1e-12)
+    # VP closed form: B(t) = softplus(-lambda), a quadratic in t.
+    if type(sde) is sd.VPSDE:
+        b = np.log1p(np.exp(-np.asarray(lam)))
+        slope = sde.beta_max - sde.beta_min
+        closed = (-sde.beta_min + np.sqrt(sde.beta_min**2 + 2 * slope * b)) / slope
+        np.testing.assert_allclose(sde.time_at_log_snr(lam), closed, rtol=1e-9)
+    # Out of range: the nearer end.
+    assert float(sde.time_at_log_snr(sde.log_snr(sde.t_max) - 5.0)) == pytest.approx(
+        sde.t_max
+    )
+
+
 def test_vp_log_snr_sigmoid():
     # For VP, alpha^2 = sigmoid(lambda) and sigma^2 = sigmoid(-lambda) (MATH.md §1).
     sde = sd.VPSDE()

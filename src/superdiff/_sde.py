@@ -52,6 +52,28 @@ class AbstractSDE(eqx.Module):
         """$\\lambda_t = \\log(\\alpha_t^2 / \\sigma_t^2)$ (Kingma & Gao 2023)."""
         return 2 * (self.log_alpha(t) - self.log_sigma(t))
 
+    def time_at_log_snr(
+        self, log_snr: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
+        """The time $t \\in [0, t_{max}]$ with $\\lambda_t$ = `log_snr`, elementwise.
+
+        By bisection (64 halvings of $[0, t_{max}]$, exact to float64 rounding), which
+        needs only that $\\lambda_t$ decreases in $t$ — true of every schedule with
+        $g_t^2 > 0$, since $g_t^2 = -\\sigma_t^2\\,d\\lambda_t/dt$. Values outside
+        $\\lambda$'s range on $[0, t_{max}]$ give the nearer end.
+        """
+        lam = jnp.asarray(log_snr, dtype=float)
+
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            too_early = self.log_snr(mid) > lam  # still cleaner than asked for
+            return jnp.where(too_early, mid, lo), jnp.where(too_early, hi, mid)
+
+        lo = jnp.zeros_like(lam)
+        lo, hi = jax.lax.fori_loop(0, 64, halve, (lo, jnp.full_like(lam, self.t_max)))
+        return 0.5 * (lo + hi)
+
     def drift_coef(self, t: Scalar) -> Float[Array, ""]:
         """$f_t = \\frac{d}{dt}\\log\\alpha_t$ (Skreta et al. 2025, Prop. 2)."""
         t = jnp.asarray(t, dtype=float)
