@@ -1,5 +1,6 @@
 """Training score networks: one `filter_jit` step, EMA weights, resumable loops."""
 
+import json
 import math
 import os
 import time
@@ -149,6 +150,19 @@ def _sampler_objective(loss_fn: LossFn, sampler: ArraySampler) -> LossFn:
     return loss
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the records a killed run logged after its last checkpoint (`step`), so
+    that the resumed run's records follow on without repeats."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line and json.loads(line)["step"] <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+
 def fit(
     state: TrainState,
     data: ArraySampler | Iterator[Any],
@@ -162,6 +176,9 @@ def fit(
     log_every: int = 100,
     progress: bool = True,
     description: str = "train",
+    log_path: str | os.PathLike | None = None,
+    callback: Callable[[TrainState], dict[str, Any] | None] | None = None,
+    callback_every: int | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Train until `state.step == num_steps`, resuming from `checkpoint_path` if a
     checkpoint is there.
@@ -171,11 +188,25 @@ def fit(
     iterator, as from `image_batches`) has its state saved in the checkpoint and
     restored on resume, so a resumed run reads the same batches. A progress bar shows the loss and steps/s; every
     `log_every` steps a record `{step, loss, steps_per_s}` is appended to the
-    returned history; every `checkpoint_every` steps, and at the end, the whole
-    state is written atomically.
+    returned history (and, with `log_path`, appended to that JSON-lines file as it
+    happens, so a resumed run continues the same log); every `checkpoint_every`
+    steps, and at the end, the whole state is written atomically.
+
+    `callback(state)` runs every `callback_every` steps (e.g. to draw a grid of
+    samples from the EMA weights or to evaluate); a dict it returns is merged into
+    a history record `{"step": ..., **result}`.
     """
     if num_steps < 0:
         raise ValueError(f"`num_steps` must be non-negative; got {num_steps}.")
+    for name, every in (
+        ("checkpoint_every", checkpoint_every),
+        ("log_every", log_every),
+        ("callback_every", callback_every),
+    ):
+        if every is not None and every < 1:
+            raise ValueError(f"`{name}` must be positive; got {every}.")
+    if callback is not None and callback_every is None:
+        raise ValueError("`callback` needs `callback_every`, the steps between calls.")
     stateful = hasattr(data, "get_state") and hasattr(data, "set_state")
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state, metadata = load_checkpoint(checkpoint_path, state)
@@ -189,6 +220,8 @@ def fit(
         next_batch = lambda: next(data)
     start = int(state.step)
     history: list[dict] = []
+    if log_path is not None:
+        _truncate_log(Path(log_path), start)
     bar = tqdm(
         total=num_steps, initial=start, desc=description, disable=not progress,
         dynamic_ncols=True, mininterval=0.5,
@@ -196,6 +229,13 @@ def fit(
     # Losses stay on the device until they are logged: reading one every step would
     # stall the dispatch of the next.
     losses: list[Array] = []
+
+    def record(entry: dict[str, Any]) -> None:
+        history.append(entry)
+        if log_path is not None:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
     tic = time.perf_counter()
     for step in range(start, num_steps):
         state, loss = train_step(state, next_batch(), objective, optimizer, ema_decay)
@@ -205,14 +245,17 @@ def fit(
         if done % log_every == 0 or done == num_steps:
             mean_loss = float(jnp.mean(jnp.stack(losses)))
             rate = len(losses) / max(time.perf_counter() - tic, 1e-9)
-            record = {"step": done, "loss": mean_loss, "steps_per_s": rate}
-            if not math.isfinite(record["loss"]):
-                raise FloatingPointError(
-                    f"The loss became {record['loss']} at step {done}."
-                )
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            entry = {"step": done, "loss": mean_loss, "steps_per_s": rate}
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"The loss became {mean_loss} at step {done}.")
+            record(entry)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.2f}")
             losses, tic = [], time.perf_counter()
+        if callback is not None and done % callback_every == 0:  # pyright: ignore
+            result = callback(state)
+            if result:
+                record({"step": done, **result})
+            tic = time.perf_counter()
         if checkpoint_path is not None and (
             done % checkpoint_every == 0 or done == num_steps
         ):

@@ -1,0 +1,361 @@
+"""Split MNIST: superpose a model of digits 0-4 and a model of digits 5-9.
+
+Skreta et al.'s CIFAR-10 protocol (Table 1) on MNIST. Trains three UNets, on the
+low digits (0-4), the high digits (5-9) and all ten (the reference), and a small
+classifier on the real training set; samples the low model alone, the high model
+alone, "low OR high" by a random choice of model per sample, fixed averaging,
+SuperDiff OR (T = 1 and T = 100) and SuperDiff AND; and scores every method with
+the classifier: the class histogram, the Fréchet distance to the test set in the
+classifier's feature space (with the train-vs-test floor at the same sample size),
+and the share of confident predictions. Writes `results.md`, `results.json`,
+`summary.png` (grids and class histograms) and sample grids to the output folder,
+and, while training, a grid of samples from each model every `--grid-every` steps
+under `<out>/grids/` and a metrics log under `<out>/logs/`.
+
+    uv run experiments/split_mnist.py --data-dir PATH   # CPU preset, about an hour
+    uv run experiments/split_mnist.py --data-dir PATH --preset gpu
+    uv run experiments/split_mnist.py --help
+
+PATH holds the MNIST files (`train-images-idx3-ubyte.gz` ...) or a
+tensorflow-datasets copy; without `--data-dir`, tensorflow-datasets' default
+folder. Everything is checkpointed under `<out>/checkpoints/`: a killed run
+resumes where it stopped, and a finished model is reused.
+"""
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import diffrax as dfx
+import jax
+import matplotlib
+import numpy as np
+
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import superdiff as sd  # noqa: E402
+
+
+LOW, HIGH, ALL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    unet: str  # "small" (UNet.mnist) or "large"
+    train_steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    num_samples: int
+    num_steps: int
+    sample_batch: int
+    grid_every: int
+    classifier_steps: int
+
+
+PRESETS = {
+    # About an hour on 2 CPU cores (measured in docs/split_mnist.md).
+    "cpu": Preset(
+        unet="small", train_steps=600, batch_size=64, lr=1e-3, warmup_steps=100,
+        num_samples=256, num_steps=100, sample_batch=256, grid_every=200,
+        classifier_steps=1400,
+    ),
+    # Paper-like settings for one accelerator: a wider UNet, 1000 sampling steps.
+    "gpu": Preset(
+        unet="large", train_steps=40_000, batch_size=128, lr=2e-4,
+        warmup_steps=1000, num_samples=5000, num_steps=1000, sample_batch=1000,
+        grid_every=5000, classifier_steps=3000,
+    ),
+}  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST")
+    p.add_argument("--out", type=Path, default=Path("outputs/split_mnist"))
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    for field in dataclasses.fields(Preset):
+        p.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=field.type,  # pyright: ignore[reportArgumentType]
+            default=None,
+            help="overrides the preset",
+        )
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args()
+
+
+def make_unet(kind: str, key) -> sd.UNet:
+    if kind == "small":
+        return sd.UNet.mnist(key=key)
+    if kind == "large":
+        return sd.UNet(
+            (28, 28, 1), base_channels=64, channel_mults=(1, 2, 2),
+            num_res_blocks=2, attention_resolutions=(14,), dropout=0.1,
+            num_groups=16, num_heads=4, key=key,
+        )  # fmt: skip
+    raise ValueError(f"`unet` must be 'small' or 'large'; got {kind!r}.")
+
+
+def save_grid(images, path: Path, columns: int = 8, title: str | None = None):
+    """Images in [-1, 1], `(n, 28, 28, 1)`, tiled into one PNG."""
+    images = np.clip(np.asarray(images)[..., 0], -1, 1)
+    rows = -(-images.shape[0] // columns)
+    canvas = np.ones((rows * 29 + 1, columns * 29 + 1))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[1 + 29 * r : 29 * r + 29, 1 + 29 * c : 29 * c + 29] = (image + 1) / 2
+    fig, ax = plt.subplots(figsize=(columns * 0.5, rows * 0.5 + 0.3 * bool(title)))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw(models, sde, operator, *, key, num: int, preset: Preset):
+    """`num` samples in chunks of `preset.sample_batch`, clipped to [-1, 1], and
+    the tracked log-densities when the operator tracks them."""
+    xs, log_qs = [], []
+    for start in range(0, num, preset.sample_batch):
+        key, sub = jax.random.split(key)
+        out = sd.sample(
+            models, sde, operator, key=sub, shape=(28, 28, 1),
+            num_samples=min(preset.sample_batch, num - start),
+            num_steps=preset.num_steps, solver=dfx.Euler(),
+        )  # fmt: skip
+        xs.append(np.asarray(out.x))
+        if out.log_q is not None:
+            log_qs.append(np.asarray(out.log_q))
+    x = np.clip(np.concatenate(xs), -1, 1)
+    return x, (np.concatenate(log_qs) if log_qs else None)
+
+
+def train_classifier(train, test, out: Path, preset: Preset, seed: int, progress):
+    classifier = sd.Classifier(key=jax.random.key(seed + 100))
+    optimizer = sd.make_optimizer(1e-3, warmup_steps=100)
+    state = sd.init_train_state(classifier, optimizer, seed=seed + 100)
+    batches = iter(sd.image_batches(train, 128, seed=seed + 100))
+    state, _ = sd.fit(
+        state, batches, sd.classifier_loss, optimizer, preset.classifier_steps,
+        ema_decay=0.99, checkpoint_path=out / "checkpoints" / "classifier.eqx",
+        checkpoint_every=500, log_path=out / "logs" / "classifier.jsonl",
+        progress=progress, description="classifier",
+    )  # fmt: skip
+    test_images = np.concatenate(
+        list(sd.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
+    )  # fmt: skip
+    logits, features = sd.classify(state.ema, test_images)
+    accuracy = float(np.mean(np.argmax(logits, 1) == test.labels))
+    print(f"classifier: test accuracy {accuracy:.4f}")
+    if accuracy < 0.99:
+        print("warning: the classifier is below 99% test accuracy; train it longer")
+    return state.ema, accuracy, features
+
+
+def train_model(name, classes, train, sde, out, preset, seed, progress):
+    key = jax.random.key(seed)
+    unet = make_unet(preset.unet, jax.random.fold_in(key, len(name)))
+    optimizer = sd.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
+    state = sd.init_train_state(unet, optimizer, seed=seed)
+    source = sd.select_classes(train, classes)
+    batches = iter(
+        sd.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
+    )
+    grid_noise = jax.random.normal(jax.random.key(seed + 7), (16, 28, 28, 1))
+
+    def grid(state):
+        score = sd.EpsilonScore(state.ema, sde)
+        x = sd.sample(
+            score,
+            sde,
+            x_init=grid_noise,
+            key=jax.random.key(1),
+            num_steps=preset.num_steps,
+        ).x
+        step = int(state.step)
+        save_grid(
+            x,
+            out / "grids" / name / f"step_{step:06d}.png",
+            title=f"{name}, step {step}",
+        )
+        return None
+
+    tic = time.perf_counter()
+    state, _ = sd.fit(
+        state, batches, sd.dsm_objective(sde, dropout=True), optimizer,
+        preset.train_steps, ema_decay=0.999 if preset.train_steps > 5000 else 0.99,
+        checkpoint_path=out / "checkpoints" / f"{name}.eqx",
+        checkpoint_every=100, log_path=out / "logs" / f"{name}.jsonl",
+        callback=grid, callback_every=preset.grid_every, progress=progress,
+        description=name,
+    )  # fmt: skip
+    print(
+        f"{name}: trained to step {int(state.step)} ({time.perf_counter() - tic:.0f} s)"
+    )
+    return sd.EpsilonScore(state.ema, sde)
+
+
+def evaluate(x, classifier, test_features):
+    logits, features = sd.classify(classifier, x)
+    histogram = sd.class_histogram(logits)
+    return {
+        "histogram": [round(float(h), 4) for h in histogram],
+        "digits_covered": int(np.sum(histogram >= 0.02)),
+        "share_0_4": float(histogram[:5].sum()),
+        "tv_to_uniform": float(0.5 * np.abs(histogram - 0.1).sum()),
+        "frechet": sd.frechet_distance(features, test_features),
+        "confident": sd.confident_share(logits),
+    }
+
+
+def write_table(results: dict, meta: dict, path: Path) -> str:
+    lines = [
+        f"Samples per method: {meta['num_samples']}; Euler–Maruyama, "
+        f"{meta['num_steps']} steps; classifier test accuracy "
+        f"{meta['classifier_accuracy']:.4f}. Fréchet distance to the test set in "
+        f"the classifier's features; floor (real training images vs test, same "
+        f"sample size): {meta['frechet_floor']:.2f}.",
+        "",
+        "| method | digits covered | share of 0-4 | TV to uniform | Fréchet | "
+        "confident | class shares 0..9 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        shares = " ".join(f"{100 * h:.0f}" for h in r["histogram"])
+        lines.append(
+            f"| {name} | {r['digits_covered']} | {r['share_0_4']:.3f} | "
+            f"{r['tv_to_uniform']:.3f} | {r['frechet']:.2f} | {r['confident']:.3f} "
+            f"| {shares} |"
+        )
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main():
+    args = parse_args()
+    preset = PRESETS[args.preset]
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Preset)
+        if getattr(args, f.name) is not None
+    }
+    preset = dataclasses.replace(preset, **overrides)
+    out, progress = args.out, not args.no_progress
+    for sub in ("checkpoints", "logs", "grids"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    print(f"preset {args.preset}: {preset}")
+    tic = time.perf_counter()
+
+    train = sd.load_images("mnist", "train", args.data_dir)
+    test = sd.load_images("mnist", "test", args.data_dir)
+    classifier, accuracy, test_features = train_classifier(
+        train, test, out, preset, args.seed, progress
+    )
+    # The floor: real training images, as many as the generated samples, vs test.
+    rng = np.random.default_rng(args.seed)
+    real = train.gather(rng.choice(len(train), preset.num_samples, replace=False))
+    real_x = real["image"].astype(np.float32) / 127.5 - 1
+    floor = evaluate(real_x, classifier, test_features)
+
+    sde = sd.VPSDE()
+    low = train_model("low", LOW, train, sde, out, preset, args.seed, progress)
+    high = train_model("high", HIGH, train, sde, out, preset, args.seed + 1, progress)
+    full = train_model("full", ALL, train, sde, out, preset, args.seed + 2, progress)
+
+    n, key = preset.num_samples, jax.random.key(args.seed + 1000)
+    keys = jax.random.split(key, 8)
+    samples: dict[str, np.ndarray] = {}
+    extra: dict[str, dict] = {}
+    sample_tic = time.perf_counter()
+    samples["low (0-4)"], _ = draw(low, sde, None, key=keys[0], num=n, preset=preset)
+    samples["high (5-9)"], _ = draw(high, sde, None, key=keys[1], num=n, preset=preset)
+    # "low OR high" by random choice of model per sample: the i-th sample is the
+    # i-th of the low or of the high model's (independent) samples by a fair coin.
+    coin = np.asarray(jax.random.bernoulli(keys[2], 0.5, (n,)))[:, None, None, None]
+    samples["random choice"] = np.where(
+        coin, samples["low (0-4)"], samples["high (5-9)"]
+    )
+    pair = [low, high]
+    samples["averaging"], _ = draw(
+        pair, sde, sd.Average(), key=keys[3], num=n, preset=preset
+    )
+    for label, temperature, k in (
+        ("SuperDiff OR (T=1)", 1.0, 4),
+        ("SuperDiff OR (T=100)", 100.0, 5),
+    ):
+        samples[label], _ = draw(
+            pair, sde, sd.Or(temperature), key=keys[k], num=n, preset=preset
+        )
+    samples["SuperDiff AND"], log_q = draw(
+        pair, sde, sd.And(), key=keys[6], num=n, preset=preset
+    )
+    assert log_q is not None
+    extra["SuperDiff AND"] = {
+        "mean_abs_log_q_gap": float(np.mean(np.abs(log_q[:, 0] - log_q[:, 1])))
+    }
+    samples["full model (0-9)"], _ = draw(
+        full, sde, None, key=keys[7], num=n, preset=preset
+    )
+    sample_seconds = time.perf_counter() - sample_tic
+    print(f"sampling: {sample_seconds:.0f} s")
+
+    results = {}
+    for name, x in samples.items():
+        results[name] = {
+            **evaluate(x, classifier, test_features),
+            **extra.get(name, {}),
+        }
+        slug = name.split(" (")[0].lower().replace(" ", "_") + (
+            "_t100" if "T=100" in name else ""
+        )
+        save_grid(x[:64], out / f"samples_{slug}.png", title=name)
+    results["real training images"] = floor
+    meta = {
+        "preset": args.preset, **dataclasses.asdict(preset), "seed": args.seed,
+        "classifier_accuracy": accuracy, "frechet_floor": floor["frechet"],
+        "sampling_seconds": sample_seconds,
+        "total_seconds": time.perf_counter() - tic,
+    }  # fmt: skip
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2)
+    )
+    print(write_table(results, meta, out / "results.md"))
+    plot_summary(samples, results, out)
+    print(f"wrote {out}/results.md, results.json and summary.png")
+
+
+def plot_summary(samples: dict, results: dict, out: Path):
+    names = list(samples)
+    fig, axes = plt.subplots(2, len(names), figsize=(2.2 * len(names), 4.6))
+    for ax, name in zip(axes[0], names, strict=True):
+        tiles = np.clip(samples[name][:16, ..., 0], -1, 1)
+        grid = tiles.reshape(4, 4, 28, 28).transpose(0, 2, 1, 3).reshape(112, 112)
+        ax.imshow((grid + 1) / 2, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    for ax, name in zip(axes[1], names, strict=True):
+        ax.bar(range(10), results[name]["histogram"], color=["C0"] * 5 + ["C1"] * 5)
+        ax.axhline(0.1, color="k", lw=0.5, ls="--")
+        ax.set_xticks(range(10))
+        ax.set_ylim(0, 0.5)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"Fréchet {results[name]['frechet']:.1f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "summary.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
