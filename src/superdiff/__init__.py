@@ -8,6 +8,11 @@ from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
 )
+from ._classifier import (
+    Classifier as Classifier,
+    classifier_loss as classifier_loss,
+    classify as classify,
+)
 from ._data import two_moons as two_moons
 from ._density import (
     AbstractDivergence as AbstractDivergence,
@@ -32,7 +37,13 @@ from ._images import (
     select_classes as select_classes,
 )
 from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
-from ._metrics import energy_distance as energy_distance, nearest_share as nearest_share
+from ._metrics import (
+    class_histogram as class_histogram,
+    confident_share as confident_share,
+    energy_distance as energy_distance,
+    frechet_distance as frechet_distance,
+    nearest_share as nearest_share,
+)
 from ._mixture import GaussianMixture as GaussianMixture
 from ._nets import (
     MLP as MLP,
