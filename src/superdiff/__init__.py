@@ -16,9 +16,13 @@ from ._classifier import (
 from ._data import two_moons as two_moons
 from ._density import (
     AbstractDivergence as AbstractDivergence,
+    BitsPerDim as BitsPerDim,
     ExactDivergence as ExactDivergence,
     Hutchinson as Hutchinson,
     ProbabilityFlowDensity as ProbabilityFlowDensity,
+    bits_per_dim as bits_per_dim,
+    bits_per_dim_offset as bits_per_dim_offset,
+    dequantize as dequantize,
     log_prob_ode as log_prob_ode,
     sample_ode_with_density as sample_ode_with_density,
 )
