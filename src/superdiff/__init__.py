@@ -32,6 +32,21 @@ from ._family import (
     StackedScores as StackedScores,
     score_family as score_family,
 )
+from ._guidance import (
+    AbstractGuidance as AbstractGuidance,
+    DensityQuantile as DensityQuantile,
+    DensityRate as DensityRate,
+    GuidedProbabilityFlow as GuidedProbabilityFlow,
+    ScoreAlignmentFlow as ScoreAlignmentFlow,
+    ScoreScale as ScoreScale,
+    StochasticGuidanceTerm as StochasticGuidanceTerm,
+    prior_guidance as prior_guidance,
+    sample_density_guided as sample_density_guided,
+    sample_high_density as sample_high_density,
+    sample_prior_guided as sample_prior_guided,
+    score_alignment as score_alignment,
+    time_grid as time_grid,
+)
 from ._images import (
     DataNotFoundError as DataNotFoundError,
     ImageArrays as ImageArrays,
