@@ -56,9 +56,6 @@ def unet() -> sd.UNet:
 
 _single = _fast_jit(lambda model, t, x, key: model(t, x, key=key))
 _batched = _fast_jit(lambda model, t, x: jax.vmap(model)(t, x))
-_batched_dropout = _fast_jit(
-    lambda model, key, t, x: jax.vmap(model.with_dropout(key))(t, x)
-)
 
 
 def _image(shape, seed=1):
@@ -139,18 +136,23 @@ def test_dropout_only_with_a_key(unet):
     assert not np.allclose(_single(unet, t, x, k1), _single(unet, t, x, k2))
 
 
-def test_with_dropout_gives_each_example_its_own_mask(unet):
-    # Two examples that differ only in time, by less than the network resolves:
-    # without dropout their outputs agree closely; with independent masks they don't.
-    x = jnp.broadcast_to(_image((8, 8, 2)), (2, 8, 8, 2))
-    t = jnp.array([0.5, 0.5 + 1e-7])
-    plain = _batched(unet, t, x)
-    np.testing.assert_allclose(plain[0], plain[1], atol=1e-3)
-    key = _key(5)
-    dropped = _batched_dropout(unet, key, t, x)
-    np.testing.assert_array_equal(dropped, _batched_dropout(unet, key, t, x))
-    assert not np.allclose(dropped[0], plain[0], atol=1e-3)
-    assert not np.allclose(dropped[0], dropped[1], atol=1e-3)
+def test_dsm_loss_gives_each_example_its_own_dropout_mask(unet):
+    # Two identical examples with the same t and noise: without dropout their
+    # losses agree; with `dropout=True` each gets its own key, hence its own mask.
+    sde = sd.VPSDE()
+    x0 = _image((8, 8, 2))
+    key = jax.random.key(5)  # threefry: its bits do not change under vmap (rbg's do)
+    loss = lambda dropout, k: sd.dsm_loss(unet, sde, x0, key=k, dropout=dropout)
+    assert float(loss(False, key)) == float(loss(False, key))
+    assert float(loss(True, key)) == float(loss(True, key))
+    assert float(loss(True, key)) != float(loss(False, key))
+    # batch_dsm_loss splits the key per example: two copies of one example with
+    # dropout differ from each other only through their keys.
+    keys = jax.random.split(key, 2)
+    per_example = [float(loss(True, k)) for k in keys]
+    assert per_example[0] != per_example[1]
+    batch = sd.batch_dsm_loss(unet, sde, jnp.stack([x0, x0]), key=key, dropout=True)
+    np.testing.assert_allclose(float(batch), np.mean(per_example), rtol=1e-5)
 
 
 def test_time_conditioning_changes_the_output(unet):
@@ -222,10 +224,9 @@ def test_training_lowers_the_loss():
     opt_state = optimizer.init(params)
 
     def loss_fn(params, key):
-        # Dropout on, as in real training: a fresh key every step.
-        dropout_key, loss_key = jax.random.split(key)
-        network = eqx.combine(params, static).with_dropout(dropout_key)
-        return sd.batch_dsm_loss(network, sde, data, key=loss_key)
+        # Dropout on, as in real training: every example its own key.
+        network = eqx.combine(params, static)
+        return sd.batch_dsm_loss(network, sde, data, key=key, dropout=True)
 
     @functools.partial(_fast_jit, level=1)
     def step(params, opt_state, key):

@@ -105,7 +105,7 @@ from ._train import (
     make_optimizer as make_optimizer,
     train_step as train_step,
 )
-from ._unet import DropoutUNet as DropoutUNet, UNet as UNet
+from ._unet import UNet as UNet
 
 
 __version__ = "0.1.0"

@@ -189,8 +189,8 @@ class UNet(eqx.Module):
       `(16,)` for CIFAR-10) at which attention follows each residual block. The
       middle always has attention.
     - `dropout`: dropout rate in each residual block (before its second conv, as
-      in DDPM), used only when `__call__` gets a `key`; see `with_dropout` for
-      training with `dsm_loss`.
+      in DDPM), used only when `__call__` gets a `key`; train with
+      `dsm_loss(..., dropout=True)`, which gives every example its own key.
     - `num_groups`: groups of every GroupNorm.
     - `num_heads`: attention heads; must divide the channels where attention is.
     - `skip_rescale`: divide each residual sum by $\\sqrt 2$ (DDPM++); `False` is
@@ -424,42 +424,6 @@ class UNet(eqx.Module):
         h = self.output_conv(jax.nn.silu(self.output_norm(h)))
         out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else dtype
         return einops.rearrange(h, "c h w -> h w c").astype(out_dtype)
-
-    def with_dropout(self, key: PRNGKeyArray) -> "DropoutUNet":
-        """This network as a `(t, x) -> ε̂` callable with dropout on, for training
-        with losses that call `network(t, x)`, such as `dsm_loss`:
-
-        ```python
-        dropout_key, loss_key = jax.random.split(key)
-        loss = batch_dsm_loss(unet.with_dropout(dropout_key), sde, x0, key=loss_key)
-        ```
-
-        Use a fresh `key` every step; see `DropoutUNet` for how examples of a
-        batch get different dropout masks.
-        """
-        return DropoutUNet(self, key)
-
-
-class DropoutUNet(eqx.Module):
-    """A `UNet` with dropout on, called as `(t, x)`; made by `UNet.with_dropout`.
-
-    Each call draws its dropout masks from `fold_in(key, bits of t)`, with `t`
-    rounded to float32. Losses such as `dsm_loss` draw an independent `t` for every
-    example, so under `vmap` the examples of a batch get independent masks (up to
-    the negligible chance that two times agree to float32 precision), although the
-    loss hands the network no key of its own.
-    """
-
-    unet: UNet
-    key: PRNGKeyArray
-
-    def __call__(
-        self, t: Float[ArrayLike, ""], x: Float[Array, "height width channels"]
-    ) -> Float[Array, "height width channels"]:
-        bits = jax.lax.bitcast_convert_type(
-            jnp.asarray(t, dtype=jnp.float32), jnp.uint32
-        )
-        return self.unet(t, x, key=jax.random.fold_in(self.key, bits))
 
 
 def _check_config(
