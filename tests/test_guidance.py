@@ -371,3 +371,14 @@ def test_bad_arguments_raise():
         sd.score_alignment(model.score, SDE, x1, divergence=sd.ExactDivergence())
     with pytest.raises(ValueError, match="batch"):
         sd.prior_guidance(SDE, jnp.ones(3), 0.5)
+
+
+def test_unreachable_density_is_reported():
+    # q = 0.9 in d = 2 asks for +24 nats over the run, far more than the density
+    # can give: the adaptive solve stiffens near the mode, and the error says why.
+    model = _gaussian(2)
+    with pytest.raises(RuntimeError, match="out of reach"):
+        sd.sample_density_guided(
+            model.score, SDE, sd.DensityQuantile(0.9), x_init=_median_noise(8, 2),
+            max_steps=200,
+        )  # fmt: skip

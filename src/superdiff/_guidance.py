@@ -628,10 +628,25 @@ def _sample_guided_ode(
         controller, dfx.AbstractAdaptiveStepSizeController
     ):
         controller = dfx.ClipStepSizeController(controller, jump_ts=[jump_tau])
-    x, log_q = _solve_guided_jit(
-        score, sde, guidance, laplacian if needs_lap else None, solver, controller,
-        x, log_q, key, 0.0, span, t_max, ts, num_steps, max_steps,
-    )  # fmt: skip
+    try:
+        x, log_q = jax.block_until_ready(
+            _solve_guided_jit(
+                score, sde, guidance, laplacian if needs_lap else None, solver,
+                controller, x, log_q, key, 0.0, span, t_max, ts, num_steps,
+                max_steps,
+            )
+        )  # fmt: skip
+    except eqx.EquinoxRuntimeError as err:
+        if "maximum number of solver steps" not in str(err) or guidance is None:
+            raise
+        raise RuntimeError(
+            f"The adaptive solver ran out of steps ({max_steps}) on the guided flow: "
+            "the requested log-density is out of reach for some samples, so the "
+            "drift needed grows without bound near a mode (the correction scales "
+            "like 1/|s|). Ask for a quantile nearer 0.5 or a smaller rate, start "
+            "from the median norm (`x_init=prior_guidance(sde, noise, 0.5)`), or use "
+            "fixed steps (`num_steps`)."
+        ) from err
     out = Samples(x, None if log_q is None else log_q[:, None])
     _check_finite_result(out)
     return out
