@@ -1,6 +1,7 @@
 """Training: the DSM loss, EMA, checkpoints and resumable `fit`."""
 
 import json
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -154,13 +155,15 @@ def test_dsm_loss_passes_a_dropout_key_only_when_asked():
 
 
 def test_log_and_callbacks_survive_a_kill(tmp_path):
-    # A run killed at step 30 (before its checkpoint there; the last was at 20) logged records
-    # past the checkpoint; the resumed run drops them and logs the same records as
+    # A run killed at step 30 (before its checkpoint there; the last was at 20)
+    # logged records past the checkpoint; the resumed run drops them and logs the same records as
     # an uninterrupted run, and the callback sees the same states.
     sde, optimizer, state0, sampler = _setup()
     loss_fn = sd.dsm_objective(sde)
     norm = lambda state: {"ema_norm": float(sum(jnp.sum(w**2) for w in jax.tree.leaves(eqx.filter(state.ema, eqx.is_array))))}  # fmt: skip
-    kwargs = dict(log_every=5, callback=norm, callback_every=10, progress=False)
+    kwargs: dict[str, Any] = dict(
+        log_every=5, callback=norm, callback_every=10, progress=False
+    )
     straight_log = tmp_path / "straight.jsonl"
     _, history = sd.fit(state0, sampler, loss_fn, optimizer, 40, log_path=straight_log, **kwargs)  # fmt: skip
 
