@@ -156,8 +156,8 @@ def test_dsm_loss_passes_a_dropout_key_only_when_asked():
 
 def test_log_and_callbacks_survive_a_kill(tmp_path):
     # A run killed at step 30 (before its checkpoint there; the last was at 20)
-    # logged records past the checkpoint; the resumed run drops them and logs the same records as
-    # an uninterrupted run, and the callback sees the same states.
+    # logged records past the checkpoint; the resumed run drops them and logs the
+    # same records as an uninterrupted run, and the callback sees the same states.
     sde, optimizer, state0, sampler = _setup()
     loss_fn = sd.dsm_objective(sde)
     norm = lambda state: {"ema_norm": float(sum(jnp.sum(w**2) for w in jax.tree.leaves(eqx.filter(state.ema, eqx.is_array))))}  # fmt: skip
