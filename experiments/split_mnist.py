@@ -32,6 +32,7 @@ import diffrax as dfx
 import jax
 import matplotlib
 import numpy as np
+from tqdm.auto import tqdm
 
 
 matplotlib.use("Agg")
@@ -123,11 +124,13 @@ def save_grid(images, path: Path, columns: int = 8, title: str | None = None):
     plt.close(fig)
 
 
-def draw(models, sde, operator, *, key, num: int, preset: Preset):
+def draw(models, sde, operator, *, key, num: int, preset: Preset, label, progress):
     """`num` samples in chunks of `preset.sample_batch`, clipped to [-1, 1], and
     the tracked log-densities when the operator tracks them."""
     xs, log_qs = [], []
-    for start in range(0, num, preset.sample_batch):
+    tic = time.perf_counter()
+    chunks = range(0, num, preset.sample_batch)
+    for start in tqdm(chunks, desc=f"sampling {label}", disable=not progress):
         key, sub = jax.random.split(key)
         out = sd.sample(
             models, sde, operator, key=sub, shape=(28, 28, 1),
@@ -138,6 +141,7 @@ def draw(models, sde, operator, *, key, num: int, preset: Preset):
         if out.log_q is not None:
             log_qs.append(np.asarray(out.log_q))
     x = np.clip(np.concatenate(xs), -1, 1)
+    print(f"{label}: {num} samples in {time.perf_counter() - tic:.0f} s")
     return x, (np.concatenate(log_qs) if log_qs else None)
 
 
@@ -279,35 +283,34 @@ def main():
     samples: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
     sample_tic = time.perf_counter()
-    samples["low (0-4)"], _ = draw(low, sde, None, key=keys[0], num=n, preset=preset)
-    samples["high (5-9)"], _ = draw(high, sde, None, key=keys[1], num=n, preset=preset)
+    pair = [low, high]
+    methods = [  # label, models, operator, key index
+        ("low (0-4)", low, None, 0),
+        ("high (5-9)", high, None, 1),
+        ("averaging", pair, sd.Average(), 3),
+        ("SuperDiff OR (T=1)", pair, sd.Or(1.0), 4),
+        ("SuperDiff OR (T=100)", pair, sd.Or(100.0), 5),
+        ("SuperDiff AND", pair, sd.And(), 6),
+        ("full model (0-9)", full, None, 7),
+    ]
+    for label, models, operator, k in methods:
+        samples[label], log_q = draw(
+            models, sde, operator, key=keys[k], num=n, preset=preset, label=label,
+            progress=progress,
+        )  # fmt: skip
+        if isinstance(operator, sd.And):
+            assert log_q is not None
+            gap = np.mean(np.abs(log_q[:, 0] - log_q[:, 1]))
+            extra[label] = {"mean_abs_log_q_gap": float(gap)}
     # "low OR high" by random choice of model per sample: the i-th sample is the
     # i-th of the low or of the high model's (independent) samples by a fair coin.
     coin = np.asarray(jax.random.bernoulli(keys[2], 0.5, (n,)))[:, None, None, None]
-    samples["random choice"] = np.where(
-        coin, samples["low (0-4)"], samples["high (5-9)"]
-    )
-    pair = [low, high]
-    samples["averaging"], _ = draw(
-        pair, sde, sd.Average(), key=keys[3], num=n, preset=preset
-    )
-    for label, temperature, k in (
-        ("SuperDiff OR (T=1)", 1.0, 4),
-        ("SuperDiff OR (T=100)", 100.0, 5),
-    ):
-        samples[label], _ = draw(
-            pair, sde, sd.Or(temperature), key=keys[k], num=n, preset=preset
-        )
-    samples["SuperDiff AND"], log_q = draw(
-        pair, sde, sd.And(), key=keys[6], num=n, preset=preset
-    )
-    assert log_q is not None
-    extra["SuperDiff AND"] = {
-        "mean_abs_log_q_gap": float(np.mean(np.abs(log_q[:, 0] - log_q[:, 1])))
+    choice = np.where(coin, samples["low (0-4)"], samples["high (5-9)"])
+    order = list(samples)
+    order.insert(2, "random choice")
+    samples = {
+        name: choice if name == "random choice" else samples[name] for name in order
     }
-    samples["full model (0-9)"], _ = draw(
-        full, sde, None, key=keys[7], num=n, preset=preset
-    )
     sample_seconds = time.perf_counter() - sample_tic
     print(f"sampling: {sample_seconds:.0f} s")
 
