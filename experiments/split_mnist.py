@@ -12,7 +12,7 @@ and the share of confident predictions. Writes `results.md`, `results.json`,
 and, while training, a grid of samples from each model every `--grid-every` steps
 under `<out>/grids/` and a metrics log under `<out>/logs/`.
 
-    uv run experiments/split_mnist.py --data-dir PATH   # CPU preset, about an hour
+    uv run experiments/split_mnist.py --data-dir PATH   # CPU preset
     uv run experiments/split_mnist.py --data-dir PATH --preset gpu
     uv run experiments/split_mnist.py --help
 
@@ -59,7 +59,7 @@ class Preset:
 
 
 PRESETS = {
-    # About an hour on 2 CPU cores (measured in docs/split_mnist.md).
+    # Training sized for about an hour on 2 CPU cores; see docs/split_mnist.md.
     "cpu": Preset(
         unet="small", train_steps=600, batch_size=64, lr=1e-3, warmup_steps=100,
         num_samples=256, num_steps=100, sample_batch=256, grid_every=200,
