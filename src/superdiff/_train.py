@@ -252,10 +252,11 @@ def fit(
             bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.2f}")
             losses, tic = [], time.perf_counter()
         if callback is not None and done % callback_every == 0:  # pyright: ignore
+            callback_start = time.perf_counter()
             result = callback(state)
             if result:
                 record({"step": done, **result})
-            tic = time.perf_counter()
+            tic += time.perf_counter() - callback_start  # steps/s counts steps only
         if checkpoint_path is not None and (
             done % checkpoint_every == 0 or done == num_steps
         ):
