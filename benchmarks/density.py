@@ -19,27 +19,12 @@ per sample and step, and as a ratio to plain sampling. Target: Itô tracking wit
 """
 
 import argparse
-import statistics
-import time
 
 import diffrax as dfx
 import jax
 
 import superdiff as sd
-
-
-def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall-clock seconds of each callable, after one compile-and-warm-up
-    call each, the callables taking turns in every round (the machine is shared)."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            tic = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - tic)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+from sampling import timed_interleaved
 
 
 def variants(dim, width, num, steps, exact_num, exact_steps, key):

@@ -19,7 +19,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._family import ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
-from ._terms import _Clock, ode_settings
+from ._terms import _Clock, ode_settings, ode_solve_kwargs
 
 
 class AbstractDivergence(eqx.Module):
@@ -133,13 +133,8 @@ def _flow_solve(
     sol = dfx.diffeqsolve(
         term,
         solver,
-        t0=tau0,
-        t1=tau1,
-        dt0=(tau1 - tau0) / num_steps if num_steps is not None else None,
         y0=_FlowState(x, log_q, probes),
-        saveat=dfx.SaveAt(t1=True),
-        stepsize_controller=controller,
-        max_steps=max_steps if num_steps is None else num_steps + 1,
+        **ode_solve_kwargs(tau0, tau1, num_steps, controller, max_steps),
     )
     assert sol.ys is not None
     return sol.ys.x[-1], sol.ys.log_q[-1]

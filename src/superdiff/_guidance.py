@@ -41,7 +41,7 @@ from ._density import AbstractDivergence, ExactDivergence, Hutchinson
 from ._family import ScoreFn, check_family, score_family
 from ._sample import Samples, _check_finite_result, _initial_state, sample_ode
 from ._sde import AbstractSDE
-from ._terms import _Clock, ode_settings
+from ._terms import _Clock, ode_settings, ode_solve_kwargs
 
 
 def _inner(a: ArrayLike, b: ArrayLike) -> Array:
@@ -870,17 +870,11 @@ def _solve_alignment(score, sde, divergence, solver, controller, x, key, num_ste
     v = jax.vmap(lambda xi: score(t_max, xi))(x)
     omega = jax.vmap(_inner)(v, v)
     probes = None if divergence is None else divergence.probes(x.shape, key=key)
-    span = t_max - t_min
     sol = dfx.diffeqsolve(
         dfx.ODETerm(ScoreAlignmentFlow(_Clock(sde, t_max), score, divergence)),
         solver,
-        t0=0.0,
-        t1=span,
-        dt0=span / num_steps if num_steps is not None else None,
         y0=_AlignmentState(x, v, omega, probes),
-        saveat=dfx.SaveAt(t1=True),
-        stepsize_controller=controller,
-        max_steps=max_steps if num_steps is None else num_steps + 1,
+        **ode_solve_kwargs(0.0, t_max - t_min, num_steps, controller, max_steps),
     )
     assert sol.ys is not None
     x1, v1, omega1 = sol.ys.x[-1], sol.ys.v[-1], sol.ys.omega[-1]

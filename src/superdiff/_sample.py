@@ -18,6 +18,7 @@ from ._terms import (
     SuperpositionState,
     SuperpositionTerm,
     ode_settings,
+    ode_solve_kwargs,
     probability_flow_term,
     reverse_sde_terms,
 )
@@ -339,17 +340,11 @@ def sample_ode(
 @eqx.filter_jit
 def _solve_ode(score, sde, solver, controller, x, num_steps, t_min, t_max, max_steps):
     term = probability_flow_term(sde, score, t_max=t_max)
-    span = t_max - t_min
     sol = dfx.diffeqsolve(
         term,
         solver,
-        t0=0.0,
-        t1=span,
-        dt0=span / num_steps if num_steps is not None else None,
         y0=x,
-        saveat=dfx.SaveAt(t1=True),
-        stepsize_controller=controller,
-        max_steps=max_steps if num_steps is None else num_steps + 1,
+        **ode_solve_kwargs(0.0, t_max - t_min, num_steps, controller, max_steps),
     )
     assert sol.ys is not None
     return sol.ys[-1]

@@ -203,6 +203,26 @@ def ode_settings(
     return t_min, t_max, solver, stepsize_controller
 
 
+def ode_solve_kwargs(
+    tau0: float,
+    tau1: float,
+    num_steps: int | None,
+    stepsize_controller: dfx.AbstractStepSizeController,
+    max_steps: int,
+) -> dict:
+    """The `diffeqsolve` arguments of a probability-flow solve from `tau0` to
+    `tau1`: `num_steps` fixed steps, or adaptive steps (at most `max_steps`) when
+    it is `None`; only the end point is saved."""
+    return dict(
+        t0=tau0,
+        t1=tau1,
+        dt0=None if num_steps is None else (tau1 - tau0) / num_steps,
+        saveat=dfx.SaveAt(t1=True),
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps if num_steps is None else num_steps + 1,
+    )
+
+
 def probability_flow_term(
     sde: AbstractSDE, score_fn, t_max: float | None = None
 ) -> dfx.ODETerm:
