@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import superdiff as sd
+from superdiff._nets import channels_last_conv
 
 
 # Compiling, not running, is what these tests spend their time on, so they (1) draw
@@ -175,6 +176,32 @@ def test_attention_is_used_at_the_chosen_resolution(unet):
         attention.attention.value_proj.weight + 0.1,
     )
     assert not np.allclose(_batched(perturbed, t, x), _batched(unet, t, x))
+
+
+@pytest.mark.parametrize(
+    "conv_kwargs",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=1, use_bias=False),
+        dict(kernel_size=3, padding=2, dilation=2, groups=2),
+    ],
+)
+def test_channels_last_conv_equals_the_equinox_conv(conv_kwargs):
+    # The UNet and the classifier compute their convolutions channels-last (fast
+    # inside a sampler's loop on XLA:CPU) from `eqx.nn.Conv2d` parameters.
+    conv = eqx.nn.Conv2d(4, 6, **conv_kwargs, key=_key(0))
+    x = _image((4, 10, 10))
+    expected = conv(x)
+    got = channels_last_conv(conv, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_conv_rejects_other_padding_modes():
+    conv = eqx.nn.Conv2d(2, 2, 3, padding=1, padding_mode="REFLECT", key=_key(0))
+    with pytest.raises(ValueError, match="zero-padded.*'REFLECT'"):
+        channels_last_conv(conv, _image((2, 8, 8)))
 
 
 @pytest.mark.parametrize(

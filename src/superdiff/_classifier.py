@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from ._nets import channels_last_conv
+
 
 class Classifier(eqx.Module):
     """A convolutional classifier of one channels-last image `(H, W, C)`.
@@ -87,7 +89,7 @@ class Classifier(eqx.Module):
         dtype = self.convs[0].weight.dtype
         h = einops.rearrange(x.astype(dtype), "h w c -> c h w")
         for i, conv in enumerate(self.convs):
-            h = jax.nn.relu(conv(h))
+            h = jax.nn.relu(channels_last_conv(conv, h))
             if i < 2:
                 h = einops.reduce(h, "c (h 2) (w 2) -> c h w", "max")
         return jax.nn.relu(self.hidden_layer(jnp.ravel(h)))

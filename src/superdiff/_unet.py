@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._nets import SinusoidalEmbedding
+from ._nets import SinusoidalEmbedding, channels_last_conv
 
 
 def _key_stream(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -70,11 +70,13 @@ class ResidualBlock(eqx.Module):
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "c_out h w"]:
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = channels_last_conv(self.conv1, jax.nn.silu(self.norm1(x)))
         h = h + einops.rearrange(self.time_projection(jax.nn.silu(temb)), "c -> c 1 1")
         h = jax.nn.silu(self.norm2(h))
-        h = self.conv2(self.dropout(h, key=key, inference=key is None))
-        out = (x if self.skip is None else self.skip(x)) + h
+        h = channels_last_conv(
+            self.conv2, self.dropout(h, key=key, inference=key is None)
+        )
+        out = (x if self.skip is None else channels_last_conv(self.skip, x)) + h
         return out / math.sqrt(2.0) if self.skip_rescale else out
 
 
@@ -130,7 +132,7 @@ class Downsample(eqx.Module):
         self.conv = eqx.nn.Conv2d(channels, channels, 3, stride=2, padding=1, key=key)
 
     def __call__(self, x: Float[Array, "c 2*h 2*w"]) -> Float[Array, "c h w"]:
-        return self.conv(x)
+        return channels_last_conv(self.conv, x)
 
 
 class Upsample(eqx.Module):
@@ -142,7 +144,7 @@ class Upsample(eqx.Module):
         self.conv = eqx.nn.Conv2d(channels, channels, 3, padding=1, key=key)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c 2*h 2*w"]:
-        return self.conv(einops.repeat(x, "c h w -> c (h 2) (w 2)"))
+        return channels_last_conv(self.conv, einops.repeat(x, "c h w -> c (h 2) (w 2)"))
 
 
 class _Level(eqx.Module):
@@ -398,7 +400,9 @@ class UNet(eqx.Module):
         # Convolutions need one dtype: compute in the parameters', answer in x's.
         dtype = self.input_conv.weight.dtype
         temb = self.time_mlp(self.embedding(t).astype(dtype))
-        h = self.input_conv(einops.rearrange(x.astype(dtype), "h w c -> c h w"))
+        h = channels_last_conv(
+            self.input_conv, einops.rearrange(x.astype(dtype), "h w c -> c h w")
+        )
         skips = [h]
         for level in self.down:
             for block, attention in zip(level.blocks, level.attentions, strict=True):
@@ -421,7 +425,7 @@ class UNet(eqx.Module):
                     h = attention(h)
             if level.resample is not None:
                 h = level.resample(h)
-        h = self.output_conv(jax.nn.silu(self.output_norm(h)))
+        h = channels_last_conv(self.output_conv, jax.nn.silu(self.output_norm(h)))
         out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else dtype
         return einops.rearrange(h, "c h w -> h w c").astype(out_dtype)
 
