@@ -8,9 +8,9 @@ SuperDiff OR (T = 1 and T = 100) and SuperDiff AND; and scores every method with
 the classifier: the class histogram, the Fréchet distance to the test set in the
 classifier's feature space (with the train-vs-test floor at the same sample size),
 and the share of confident predictions. Writes `results.md`, `results.json`,
-`summary.png` (grids and class histograms) and sample grids to the output folder,
-and, while training, a grid of samples from each model every `--grid-every` steps
-under `<out>/grids/` and a metrics log under `<out>/logs/`.
+`summary.png` (grids and class histograms), `training_grids.png` and sample grids
+to the output folder, and, while training, a grid of samples from each model every
+`--grid-every` steps under `<out>/grids/` and a metrics log under `<out>/logs/`.
 
     uv run experiments/split_mnist.py --data-dir PATH   # CPU preset
     uv run experiments/split_mnist.py --data-dir PATH --preset gpu
@@ -341,7 +341,8 @@ def main():
     )
     print(write_table(results, meta, out / "results.md"))
     plot_summary(samples, results, out)
-    print(f"wrote {out}/results.md, results.json and summary.png")
+    plot_training_grids(out)
+    print(f"wrote {out}/results.md, results.json, summary.png and training_grids.png")
 
 
 def plot_summary(samples: dict, results: dict, out: Path):
@@ -364,6 +365,29 @@ def plot_summary(samples: dict, results: dict, out: Path):
         ax.set_title(f"Fréchet {results[name]['frechet']:.1f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "summary.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_training_grids(out: Path, columns: int = 4):
+    """The periodic sample grids of each model side by side: up to `columns`
+    evenly spaced training steps, the last one included."""
+    names = [n for n in ("low", "high", "full") if (out / "grids" / n).is_dir()]
+    paths = {n: sorted((out / "grids" / n).glob("step_*.png")) for n in names}
+    names = [n for n in names if paths[n]]
+    if not names:
+        return
+    width = min(columns, max(len(p) for p in paths.values()))
+    fig, axes = plt.subplots(
+        len(names), width, figsize=(3.4 * width, 1.6 * len(names)), squeeze=False
+    )
+    for row, name in zip(axes, names, strict=True):
+        chosen = np.linspace(0, len(paths[name]) - 1, min(width, len(paths[name])))
+        for ax in row:
+            ax.set_axis_off()
+        for ax, i in zip(row, np.unique(chosen.round().astype(int)), strict=False):
+            ax.imshow(plt.imread(paths[name][i]))
+    fig.tight_layout()
+    fig.savefig(out / "training_grids.png", dpi=120)
     plt.close(fig)
 
 
