@@ -51,7 +51,12 @@ def test_split_mnist_runs_end_to_end_and_resumes(tmp_path):
         assert 0 <= r["share_0_4"] <= 1 and r["frechet"] >= 0
     assert results["meta"]["num_samples"] == 12
     assert "mean_abs_log_q_gap" in results["results"]["SuperDiff AND"]
-    for name in ("results.md", "summary.png", "samples_superdiff_and.png"):
+    for name in (
+        "results.md",
+        "summary.png",
+        "training_grids.png",
+        "samples_superdiff_and.png",
+    ):
         assert (out / name).is_file(), name
     for model in ("classifier", "low", "high", "full"):
         assert (out / "checkpoints" / f"{model}.eqx").is_file(), model
