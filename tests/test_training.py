@@ -156,8 +156,9 @@ def test_dsm_loss_passes_a_dropout_key_only_when_asked():
 
 def test_log_and_callbacks_survive_a_kill(tmp_path):
     # A run killed at step 30 (before its checkpoint there; the last was at 20)
-    # logged records past the checkpoint; the resumed run drops them and logs the
-    # same records as an uninterrupted run, and the callback sees the same states.
+    # logged records past the checkpoint, the last one half-written; the resumed
+    # run drops them and logs the same records as an uninterrupted run, and the
+    # callback sees the same states.
     sde, optimizer, state0, sampler = _setup()
     loss_fn = sd.dsm_objective(sde)
     norm = lambda state: {"ema_norm": float(sum(jnp.sum(w**2) for w in jax.tree.leaves(eqx.filter(state.ema, eqx.is_array))))}  # fmt: skip
@@ -183,6 +184,8 @@ def test_log_and_callbacks_survive_a_kill(tmp_path):
             callback=kill_at_30, callback_every=10,
         )  # fmt: skip
     assert max(json.loads(line)["step"] for line in log.read_text().splitlines()) == 30
+    with open(log, "a") as f:  # and was killed again while writing a record
+        f.write('{"step": 35, "lo')
     sd.fit(_setup()[2], sampler, loss_fn, optimizer, 40, checkpoint_path=path, log_path=log, **kwargs)  # fmt: skip
     drop_rate = lambda records: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]  # fmt: skip
     read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]

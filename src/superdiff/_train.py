@@ -155,9 +155,12 @@ def _truncate_log(path: Path, step: int) -> None:
     that the resumed run's records follow on without repeats."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # killed while writing its last record
     keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-    if len(keep) != len(lines):
+    if "".join(line + "\n" for line in keep) != text:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, path)
@@ -176,6 +179,7 @@ def fit(
     log_every: int = 100,
     progress: bool = True,
     description: str = "train",
+    position: int | None = None,
     log_path: str | os.PathLike | None = None,
     callback: Callable[[TrainState], dict[str, Any] | None] | None = None,
     callback_every: int | None = None,
@@ -186,7 +190,9 @@ def fit(
     `data` is an `ArraySampler` (batches drawn inside the compiled step) or an
     iterator of batches; an iterator with `get_state`/`set_state` (a grain
     iterator, as from `image_batches`) has its state saved in the checkpoint and
-    restored on resume, so a resumed run reads the same batches. A progress bar shows the loss and steps/s; every
+    restored on resume, so a resumed run reads the same batches. A progress bar
+    (on line `position` of the terminal, for runs side by side in threads) shows
+    the loss and steps/s; every
     `log_every` steps a record `{step, loss, steps_per_s}` is appended to the
     returned history (and, with `log_path`, appended to that JSON-lines file as it
     happens, so a resumed run continues the same log); every `checkpoint_every`
@@ -224,7 +230,7 @@ def fit(
         _truncate_log(Path(log_path), start)
     bar = tqdm(
         total=num_steps, initial=start, desc=description, disable=not progress,
-        dynamic_ncols=True, mininterval=0.5,
+        dynamic_ncols=True, mininterval=0.5, position=position,
     )  # fmt: skip
     # Losses stay on the device until they are logged: reading one every step would
     # stall the dispatch of the next.
