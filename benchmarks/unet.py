@@ -16,13 +16,18 @@ Prints medians over interleaved rounds (after a compile-and-warm-up call) and:
 - a single-model sampling vs as many batched forward passes of its UNet as it
   takes steps, each compiled on its own (target <= 1.10: the solver's loop must
   not slow the network down, as channels-first convolutions inside a loop do on
-  XLA:CPU).
+  XLA:CPU);
+- two trainings, and two single-model samplings, side by side in two threads vs
+  one after the other (XLA:CPU runs each convolution on one core, so on a
+  multi-core CPU two jobs at once should take well under twice one; the
+  split-MNIST experiment runs its jobs so).
 
 The data are random images in the data set's shape, so that the benchmark needs
 no download; the pipeline's cost does not depend on the pixel values.
 """
 
 import argparse
+import concurrent.futures
 import itertools
 import time
 from typing import Any
@@ -53,6 +58,12 @@ def pipeline_rate(source, batch_size: int, num_batches: int) -> float:
     return num_batches * batch_size / (time.perf_counter() - tic)
 
 
+def side_by_side(*fns):
+    """Run the callables at once, each in a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(len(fns)) as pool:
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="mnist")
@@ -81,6 +92,7 @@ def main() -> None:
     loss_fn = sd.dsm_objective(sde, dropout=True)
     states = {"pipeline": sd.init_train_state(unet, optimizer)}
     states["fixed"] = states["pipeline"]
+    states["other"] = sd.init_train_state(make(key=keys[1]), optimizer)
     batches = iter(sd.image_batches(source, b, seed=1, with_labels=False))
     fixed = jax.device_put(next(batches))
 
@@ -97,7 +109,13 @@ def main() -> None:
         return run
 
     train_times = timed_interleaved(
-        {"pipeline": train("pipeline"), "fixed": train("fixed")}, args.repeats
+        {
+            "pipeline": train("pipeline"),
+            "fixed": train("fixed"),
+            "two, one after the other": lambda: train("fixed")() + train("other")(),
+            "two side by side": lambda: side_by_side(train("fixed"), train("other")),
+        },
+        args.repeats,
     )
     train_rate = args.train_steps * b / train_times["fixed"]
     data_rate = pipeline_rate(source, b, num_batches=max(50, 4 * args.train_steps))
@@ -114,6 +132,12 @@ def main() -> None:
         a = sd.sample(low, sde, key=keys[2], **common).x
         return a, sd.sample(high, sde, key=keys[3], **common).x
 
+    def singles_side_by_side():
+        return side_by_side(
+            lambda: sd.sample(low, sde, key=keys[2], **common).x,
+            lambda: sd.sample(high, sde, key=keys[3], **common).x,
+        )
+
     forward = eqx.filter_jit(
         lambda score, x: jax.vmap(lambda xi: score(jnp.asarray(0.5), xi))(x)
     )
@@ -126,6 +150,7 @@ def main() -> None:
         {
             f"{2 * args.num_steps} forward passes": forwards,
             "two singles": singles,
+            "two singles side by side": singles_side_by_side,
             "OR": lambda: sd.sample([low, high], sde, sd.Or(), key=keys[2], **common).x,
             "AND": lambda: (
                 sd.sample([low, high], sde, sd.And(), key=keys[2], **common).x
@@ -161,6 +186,10 @@ def main() -> None:
     print(
         f"| single-model sampling / its steps' forward passes | {ratio:.3f} | <= 1.10 |"
     )
+    ratio = train_times["two side by side"] / train_times["two, one after the other"]
+    print(f"| two trainings side by side / one after the other | {ratio:.3f} | < 1 |")
+    ratio = sample_times["two singles side by side"] / sample_times["two singles"]
+    print(f"| two samplings side by side / one after the other | {ratio:.3f} | < 1 |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The split-MNIST experiment end to end, on small synthetic MNIST files: it trains,
 samples every method, scores them and writes its outputs; a rerun reuses the
-finished models. The end-to-end run is slow (minutes of compilation): `-m slow`."""
+finished models. The end-to-end run is slow (minutes of compilation): `-m slow`.
+Also the experiment's `run_jobs`, which trains and samples side by side."""
 
 import json
 import runpy
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,39 @@ def test_split_mnist_rejects_non_positive_settings(tmp_path, monkeypatch):
     )
     with pytest.raises(SystemExit, match="--num-samples must be positive; got 0"):
         runpy.run_path(str(script), run_name="__main__")
+
+
+def test_run_jobs_runs_side_by_side_and_fails_fast():
+    run_jobs = runpy.run_path(str(ROOT / "experiments" / "split_mnist.py"))["run_jobs"]
+    positions = []
+
+    def job(name):
+        def run(position):
+            positions.append(position)
+            return 2 * name
+
+        return run
+
+    jobs = {name: job(name) for name in "abc"}
+    assert run_jobs(jobs, 1) == {"a": "aa", "b": "bb", "c": "cc"}
+    assert positions == [None] * 3
+    positions.clear()
+    assert list(run_jobs(jobs, 2).items()) == [("a", "aa"), ("b", "bb"), ("c", "cc")]
+    assert sorted(positions)[0] == 0 and set(positions) <= {0, 1}
+
+    # Two jobs run at once: each waits at a barrier for the other.
+    barrier = threading.Barrier(2, timeout=10)
+    meet = lambda position: barrier.wait() in (0, 1)
+    assert run_jobs({"x": meet, "y": meet}, 2) == {"x": True, "y": True}
+
+    # A failure is raised as itself at once, not after the jobs still running.
+    release = threading.Event()
+
+    def fail(position):
+        raise ValueError("boom")
+
+    tic = time.perf_counter()
+    with pytest.raises(ValueError, match="boom"):
+        run_jobs({"hold": lambda position: release.wait(10), "fail": fail}, 2)
+    assert time.perf_counter() - tic < 5
+    release.set()
