@@ -90,9 +90,9 @@ def run_jobs(jobs: dict[str, Callable[..., Any]], workers: int) -> dict[str, Any
     a time).
 
     XLA:CPU runs each convolution on one core, so on a CPU two jobs side by side
-    use both cores: two UNet trainings in two threads ran 1.5-1.65x faster than one
-    after the other on this project's 2-core machine. On an accelerator use one
-    worker."""
+    use both cores: on this project's 2-core machine two UNet trainings in two
+    threads took 0.73 of the time of one after the other (`benchmarks/unet.py`).
+    On an accelerator use one worker."""
     if workers == 1:
         return {name: job(position=None) for name, job in jobs.items()}
     lines: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -353,8 +353,8 @@ def main():
         ("SuperDiff AND", pair, sd.And(), 6),
         ("full model (0-9)", full, None, 7),
     ]
-    # One at a time: two samplings side by side took as long as one after the
-    # other (1302 s against 1216 s for the seven methods on 2 CPU cores).
+    # One at a time: unlike training, sampling side by side has not been shown to
+    # gain at 256 images a batch (docs/benchmarks.md).
     for label, models, operator, k in methods:
         samples[label], log_q = draw(
             models, sde, operator, key=keys[k], num=n, preset=preset, label=label,
