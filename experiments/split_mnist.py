@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import superdiff as sd  # noqa: E402
 
@@ -152,21 +153,22 @@ def make_unet(kind: str, key) -> sd.UNet:
 
 
 def save_grid(images, path: Path, columns: int = 8, title: str | None = None):
-    """Images in [-1, 1], `(n, 28, 28, 1)`, tiled into one PNG."""
+    """Images in [-1, 1], `(n, 28, 28, 1)`, tiled into one PNG. Called from the
+    training threads, so it uses no pyplot state (pyplot is not thread-safe)."""
     images = np.clip(np.asarray(images)[..., 0], -1, 1)
     rows = -(-images.shape[0] // columns)
     canvas = np.ones((rows * 29 + 1, columns * 29 + 1))
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         canvas[1 + 29 * r : 29 * r + 29, 1 + 29 * c : 29 * c + 29] = (image + 1) / 2
-    fig, ax = plt.subplots(figsize=(columns * 0.5, rows * 0.5 + 0.3 * bool(title)))
+    fig = Figure(figsize=(columns * 0.5, rows * 0.5 + 0.3 * bool(title)))
+    ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def draw(models, sde, operator, *, key, num: int, preset: Preset, label, progress):
