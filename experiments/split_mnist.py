@@ -462,7 +462,7 @@ if __name__ == "__main__":
         sys.stderr.flush()
         os._exit(130)  # not waiting for the jobs still running in other threads
     except Exception:
+        sys.stdout.flush()  # what was printed before the traceback, before it
         traceback.print_exc()
-        sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(1)  # as above

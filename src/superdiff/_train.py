@@ -160,9 +160,10 @@ def _truncate_log(path: Path, step: int) -> None:
     if not text.endswith("\n"):
         lines = lines[:-1]  # killed while writing its last record
     keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-    if "".join(line + "\n" for line in keep) != text:
+    kept = "".join(line + "\n" for line in keep)
+    if kept != text:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text(kept)
         os.replace(tmp, path)
 
 
@@ -192,11 +193,11 @@ def fit(
     iterator, as from `image_batches`) has its state saved in the checkpoint and
     restored on resume, so a resumed run reads the same batches. A progress bar
     (on line `position` of the terminal, for runs side by side in threads) shows
-    the loss and steps/s; every
-    `log_every` steps a record `{step, loss, steps_per_s}` is appended to the
-    returned history (and, with `log_path`, appended to that JSON-lines file as it
-    happens, so a resumed run continues the same log); every `checkpoint_every`
-    steps, and at the end, the whole state is written atomically.
+    the loss and steps/s; every `log_every` steps a record
+    `{step, loss, steps_per_s}` is appended to the returned history (and, with
+    `log_path`, appended to that JSON-lines file as it happens, so a resumed run
+    continues the same log); every `checkpoint_every` steps, and at the end, the
+    whole state is written atomically.
 
     `callback(state)` runs every `callback_every` steps (e.g. to draw a grid of
     samples from the EMA weights or to evaluate); a dict it returns is merged into
