@@ -11,6 +11,8 @@ and the share of confident predictions. Writes `results.md`, `results.json`,
 `summary.png` (grids and class histograms), `training_grids.png` and sample grids
 to the output folder, and, while training, a grid of samples from each model every
 `--grid-every` steps under `<out>/grids/` and a metrics log under `<out>/logs/`.
+The trainings and samplings are jobs run `--workers` at a time (two on a CPU), each
+sampling as soon as the models it needs are trained.
 
     uv run experiments/split_mnist.py --data-dir PATH   # CPU preset
     uv run experiments/split_mnist.py --data-dir PATH --preset gpu
@@ -28,11 +30,10 @@ import dataclasses
 import functools
 import json
 import os
-import queue
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class Preset:
     sample_batch: int
     grid_every: int
     classifier_steps: int
-    workers: int  # trainings side by side; see `run_jobs`
+    workers: int  # jobs (trainings, samplings) side by side; see `run_jobs`
 
 
 PRESETS = {
@@ -84,40 +85,79 @@ PRESETS = {
 }  # fmt: skip
 
 
-def run_jobs(jobs: dict[str, Callable[..., Any]], workers: int) -> dict[str, Any]:
-    """Run independent jobs, at most `workers` at a time, each in a thread of its
-    own, in the order given; returns their results by name. A job is called with
-    `position`, the terminal line of its progress bar (`None` when they run one at
-    a time).
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A unit of work for `run_jobs`: `fn(*results, position=line)`, where `results`
+    are those of the jobs named in `needs`, in that order."""
+
+    fn: Callable[..., Any]
+    needs: tuple[str, ...] = ()
+
+
+def run_jobs(
+    given: Mapping[str, Job | Callable[..., Any]], workers: int
+) -> dict[str, Any]:
+    """Run jobs, at most `workers` at a time, each in a thread of its own; returns
+    their results by name, in the order given. A plain callable is a job that needs
+    nothing. A job may need only jobs listed before it, and starts once they have
+    finished: whenever a worker is free it takes the first job in the order given
+    whose needs are met. A job is called with `position`, the terminal line of its
+    progress bar (`None` when they run one at a time). The first job to fail is
+    raised at once, as itself; the others are left to the caller's exit.
 
     XLA:CPU runs each convolution on one core, so on a CPU two jobs side by side
     use both cores: on this project's 2-core machine two UNet trainings in two
     threads took 0.73 of the time of one after the other (`benchmarks/unet.py`).
     On an accelerator use one worker."""
+    jobs = {n: j if isinstance(j, Job) else Job(j) for n, j in given.items()}
+    names = list(jobs)
+    for i, (name, job) in enumerate(jobs.items()):
+        if unknown := [n for n in job.needs if n not in names[:i]]:
+            raise ValueError(
+                f"Job {name!r} needs {unknown}, which are not jobs listed before it; "
+                f"a job may only need earlier ones. The jobs, in order: {names}."
+            )
+    results: dict[str, Any] = {}
     if workers == 1:
-        return {name: job(position=None) for name, job in jobs.items()}
-    lines: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for line in range(workers):
-        lines.put(line)
-
-    def run(job: Callable[..., Any]) -> Any:
-        line = lines.get()
-        try:
-            return job(position=line)
-        finally:
-            lines.put(line)
-
+        for name, job in jobs.items():
+            results[name] = job.fn(*(results[n] for n in job.needs), position=None)
+        return results
+    # The first pending job's needs are all earlier jobs, finished or running, so
+    # some job is always running or ready: no deadlock.
+    pending, lines = list(names), list(range(workers))
+    running: dict[concurrent.futures.Future, tuple[str, int]] = {}
     pool = concurrent.futures.ThreadPoolExecutor(workers)
-    futures = {name: pool.submit(run, job) for name, job in jobs.items()}
-    concurrent.futures.wait(
-        futures.values(), return_when=concurrent.futures.FIRST_EXCEPTION
-    )
-    pool.shutdown(wait=False, cancel_futures=True)
-    for future in futures.values():  # the first failure, not a cancellation
-        error = None if future.cancelled() or not future.done() else future.exception()
-        if error is not None:
-            raise error
-    return {name: future.result() for name, future in futures.items()}
+    try:
+        while pending or running:
+            ready = [n for n in pending if all(d in results for d in jobs[n].needs)]
+            for name in ready[: workers - len(running)]:
+                pending.remove(name)
+                line, needed = lines.pop(0), (results[n] for n in jobs[name].needs)
+                future = pool.submit(jobs[name].fn, *needed, position=line)
+                running[future] = (name, line)
+            done, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                name, line = running.pop(future)
+                lines = sorted([*lines, line])
+                results[name] = future.result()  # a failure is raised here
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return {name: results[name] for name in names}
+
+
+def _timed(fn, name: str, spans: dict, tic: float):
+    """`fn`, recording into `spans[name]` when it started and ended (seconds since
+    `tic`)."""
+
+    def run(*args, position=None):
+        start = time.perf_counter() - tic
+        result = fn(*args, position=position)
+        spans[name] = (round(start, 1), round(time.perf_counter() - tic, 1))
+        return result
+
+    return run
 
 
 def parse_args() -> argparse.Namespace:
@@ -171,13 +211,19 @@ def save_grid(images, path: Path, columns: int = 8, title: str | None = None):
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
-def draw(models, sde, operator, *, key, num: int, preset: Preset, label, progress):
+def draw(
+    models, sde, operator, *, key, num: int, preset: Preset, label, progress,
+    position=None,
+):  # fmt: skip
     """`num` samples in chunks of `preset.sample_batch`, clipped to [-1, 1], and
     the tracked log-densities when the operator tracks them."""
     xs, log_qs = [], []
     tic = time.perf_counter()
     chunks = range(0, num, preset.sample_batch)
-    for start in tqdm(chunks, desc=f"sampling {label}", disable=not progress):
+    bar = tqdm(
+        chunks, desc=f"sampling {label}", disable=not progress, position=position
+    )
+    for start in bar:
         key, sub = jax.random.split(key)
         out = sd.sample(
             models, sde, operator, key=sub, shape=(28, 28, 1),
@@ -188,7 +234,7 @@ def draw(models, sde, operator, *, key, num: int, preset: Preset, label, progres
         if out.log_q is not None:
             log_qs.append(np.asarray(out.log_q))
     x = np.clip(np.concatenate(xs), -1, 1)
-    print(f"{label}: {num} samples in {time.perf_counter() - tic:.0f} s")
+    tqdm.write(f"{label}: {num} samples in {time.perf_counter() - tic:.0f} s")
     return x, (np.concatenate(log_qs) if log_qs else None)
 
 
@@ -320,48 +366,56 @@ def main():
     test = sd.load_images("mnist", "test", args.data_dir)
     sde = sd.VPSDE()
     seed = args.seed
-    jobs: dict[str, Callable[..., Any]] = {
-        "classifier": functools.partial(
-            train_classifier, train, test, out, preset, seed, progress
-        )
-    }
-    for i, (name, classes) in enumerate([("low", LOW), ("high", HIGH), ("full", ALL)]):
-        jobs[name] = functools.partial(
-            train_model, name, classes, train, sde, out, preset, seed + i, progress
-        )
-    trained = run_jobs(jobs, preset.workers)
-    classifier, accuracy, test_features = trained["classifier"]
-    low, high, full = trained["low"], trained["high"], trained["full"]
-    train_seconds = time.perf_counter() - tic
-    tqdm.write(f"training: {train_seconds:.0f} s")
-    # The floor: real training images, as many as the generated samples, vs test.
-    rng = np.random.default_rng(args.seed)
-    real = train.gather(rng.choice(len(train), preset.num_samples, replace=False))
-    real_x = real["image"].astype(np.float32) / 127.5 - 1
-    floor = evaluate(real_x, classifier, test_features)
+    n, keys = preset.num_samples, jax.random.split(jax.random.key(seed + 1000), 8)
 
-    n, key = preset.num_samples, jax.random.key(args.seed + 1000)
-    keys = jax.random.split(key, 8)
-    samples: dict[str, np.ndarray] = {}
-    extra: dict[str, dict] = {}
-    sample_tic = time.perf_counter()
-    pair = [low, high]
-    methods = [  # label, models, operator, key index
-        ("low (0-4)", low, None, 0),
-        ("high (5-9)", high, None, 1),
+    def sampling(label, operator, key):
+        def job(*models, position=None):
+            models = models[0] if len(models) == 1 else list(models)
+            return draw(
+                models, sde, operator, key=key, num=n, preset=preset, label=label,
+                progress=progress, position=position,
+            )  # fmt: skip
+
+        return job
+
+    # One job graph: the classifier and the three trainings, then each method's
+    # sampling once the models it needs are trained. With two workers the pair's
+    # samplings run beside the full model's training instead of after it.
+    jobs: dict[str, Job] = {
+        "classifier": Job(
+            functools.partial(train_classifier, train, test, out, preset, seed, progress)
+        )
+    }  # fmt: skip
+    for i, (name, classes) in enumerate([("low", LOW), ("high", HIGH), ("full", ALL)]):
+        jobs[name] = Job(
+            functools.partial(
+                train_model, name, classes, train, sde, out, preset, seed + i, progress
+            )
+        )
+    pair = ("low", "high")
+    methods = [  # label, needs, operator, key index (2 is the random choice's)
+        ("low (0-4)", ("low",), None, 0),
+        ("high (5-9)", ("high",), None, 1),
         ("averaging", pair, sd.Average(), 3),
         ("SuperDiff OR (T=1)", pair, sd.Or(1.0), 4),
         ("SuperDiff OR (T=100)", pair, sd.Or(100.0), 5),
         ("SuperDiff AND", pair, sd.And(), 6),
-        ("full model (0-9)", full, None, 7),
+        ("full model (0-9)", ("full",), None, 7),
     ]
-    # One at a time: unlike training, sampling side by side has not been shown to
-    # gain at 256 images a batch (docs/benchmarks.md).
-    for label, models, operator, k in methods:
-        samples[label], log_q = draw(
-            models, sde, operator, key=keys[k], num=n, preset=preset, label=label,
-            progress=progress,
-        )  # fmt: skip
+    for label, needs, operator, k in methods:
+        jobs[label] = Job(sampling(label, operator, keys[k]), needs)
+    spans: dict[str, tuple[float, float]] = {}
+    for name, job in jobs.items():
+        jobs[name] = dataclasses.replace(job, fn=_timed(job.fn, name, spans, tic))
+    done = run_jobs(jobs, preset.workers)
+    classifier, accuracy, test_features = done["classifier"]
+    for name, (start, end) in spans.items():
+        tqdm.write(f"{name}: {start:.0f}-{end:.0f} s")
+
+    samples: dict[str, np.ndarray] = {}
+    extra: dict[str, dict] = {}
+    for label, _, operator, _ in methods:
+        samples[label], log_q = done[label]
         if isinstance(operator, sd.And):
             assert log_q is not None
             gap = np.mean(np.abs(log_q[:, 0] - log_q[:, 1]))
@@ -375,8 +429,12 @@ def main():
     samples = {
         name: choice if name == "random choice" else samples[name] for name in order
     }
-    sample_seconds = time.perf_counter() - sample_tic
-    print(f"sampling: {sample_seconds:.0f} s")
+    # The floor: real training images, as many as the generated samples, vs test.
+    rng = np.random.default_rng(seed)
+    real = train.gather(rng.choice(len(train), n, replace=False))
+    floor = evaluate(
+        real["image"].astype(np.float32) / 127.5 - 1, classifier, test_features
+    )
 
     results = {}
     for name, x in samples.items():
@@ -392,8 +450,7 @@ def main():
     meta = {
         "preset": args.preset, **dataclasses.asdict(preset), "seed": args.seed,
         "classifier_accuracy": accuracy, "frechet_floor": floor["frechet"],
-        "training_seconds": train_seconds, "sampling_seconds": sample_seconds,
-        "total_seconds": time.perf_counter() - tic,
+        "job_seconds": spans, "total_seconds": time.perf_counter() - tic,
     }  # fmt: skip
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=2)

@@ -87,8 +87,13 @@ def test_split_mnist_rejects_non_positive_settings(tmp_path, monkeypatch):
         runpy.run_path(str(script), run_name="__main__")
 
 
+def _scheduler():
+    module = runpy.run_path(str(ROOT / "experiments" / "split_mnist.py"))
+    return module["run_jobs"], module["Job"]
+
+
 def test_run_jobs_runs_side_by_side_and_fails_fast():
-    run_jobs = runpy.run_path(str(ROOT / "experiments" / "split_mnist.py"))["run_jobs"]
+    run_jobs, _ = _scheduler()
     positions = []
 
     def job(name):
@@ -121,3 +126,57 @@ def test_run_jobs_runs_side_by_side_and_fails_fast():
         run_jobs({"hold": lambda position: release.wait(10), "fail": fail}, 2)
     assert time.perf_counter() - tic < 5
     release.set()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_run_jobs_starts_a_job_once_its_needs_are_done(workers):
+    run_jobs, Job = _scheduler()
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def job(name, value):
+        def run(*needed, position):
+            with lock:
+                events.append(f"start {name}")
+            time.sleep(0.05 if name in ("a", "c") else 0.0)
+            with lock:
+                events.append(f"end {name}")
+            return value + sum(needed)
+
+        return run
+
+    jobs = {
+        "a": Job(job("a", 1)),
+        "b": Job(job("b", 10)),
+        "c": Job(job("c", 100), needs=("a",)),
+        "d": Job(job("d", 1000), needs=("c", "b")),
+        "e": Job(job("e", 10_000)),
+    }
+    results = run_jobs(jobs, workers)
+    assert results == {"a": 1, "b": 10, "c": 101, "d": 1111, "e": 10_000}
+    assert list(results) == list(jobs)
+    for name, job in jobs.items():
+        for need in job.needs:
+            assert events.index(f"end {need}") < events.index(f"start {name}")
+
+
+def test_run_jobs_fills_a_free_worker_with_a_later_ready_job():
+    # "held" blocks until "free" has run; "waits" needs "held", so a scheduler that
+    # took jobs strictly in order would leave the second worker idle and hang.
+    run_jobs, Job = _scheduler()
+    ran = threading.Event()
+    jobs = {
+        "held": Job(lambda position: ran.wait(10)),
+        "waits": Job(lambda held, position: held, needs=("held",)),
+        "free": Job(lambda position: ran.set()),
+    }
+    tic = time.perf_counter()
+    assert run_jobs(jobs, 2) == {"held": True, "waits": True, "free": None}
+    assert time.perf_counter() - tic < 5
+
+
+def test_run_jobs_rejects_a_need_that_is_not_an_earlier_job():
+    run_jobs, Job = _scheduler()
+    jobs = {"a": Job(lambda b, position: b, needs=("b",)), "b": lambda position: 1}
+    with pytest.raises(ValueError, match=r"Job 'a' needs \['b'\], which are not jobs"):
+        run_jobs(jobs, 2)
