@@ -11,8 +11,12 @@ import threading
 import time
 from pathlib import Path
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import pytest
 
+import superdiff as sd
 from test_images import _write_mnist
 
 
@@ -76,6 +80,30 @@ def test_split_mnist_runs_end_to_end_and_resumes(tmp_path):
     _run("--data-dir", str(data), "--out", str(out), *TINY)
     assert {p.name: p.read_text() for p in (out / "logs").iterdir()} == logs
     assert {p: p.stat().st_mtime_ns for p in (out / "grids").rglob("*.png")} == grids
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_split_mnist_presets_build_a_trainable_unet(preset):
+    # The GPU preset never runs in CI; trace (not compute) its UNet's loss and
+    # gradients on a batch of its size, so a broken configuration fails here.
+    module = runpy.run_path(str(ROOT / "experiments" / "split_mnist.py"))
+    settings = module["PRESETS"][preset]
+    unet = eqx.filter_eval_shape(
+        module["make_unet"], settings.unet, key=jax.random.key(0)
+    )
+    batch = jax.ShapeDtypeStruct((settings.batch_size, 28, 28, 1), jnp.float32)
+    loss_fn = sd.dsm_objective(sd.VPSDE(), dropout=True)
+    loss, grads = eqx.filter_eval_shape(
+        eqx.filter_value_and_grad(loss_fn), unet, batch, jax.random.key(1)
+    )
+    assert loss.shape == ()
+    params = [
+        leaf
+        for leaf in jax.tree.leaves(unet)
+        if jnp.issubdtype(getattr(leaf, "dtype", int), jnp.floating)
+    ]
+    assert [g.shape for g in jax.tree.leaves(grads)] == [p.shape for p in params]
+    assert settings.num_samples % settings.sample_batch == 0
 
 
 def test_split_mnist_rejects_non_positive_settings(tmp_path, monkeypatch):
