@@ -107,8 +107,8 @@ def run_jobs(
 
     XLA:CPU runs each convolution on one core, so on a CPU two jobs side by side
     use both cores: on this project's 2-core machine two UNet trainings in two
-    threads took 0.73 of the time of one after the other (`benchmarks/unet.py`).
-    On an accelerator use one worker."""
+    threads took 0.77-0.82 of the time of one after the other, and two samplings
+    0.64-0.74 (`benchmarks/unet.py`). On an accelerator use one worker."""
     jobs = {n: j if isinstance(j, Job) else Job(j) for n, j in given.items()}
     names = list(jobs)
     for i, (name, job) in enumerate(jobs.items()):
