@@ -162,7 +162,7 @@ def test_run_jobs_starts_a_job_once_its_needs_are_done(workers):
     events: list[str] = []
     lock = threading.Lock()
 
-    def job(name, value):
+    def make(name, value):
         def run(*needed, position):
             with lock:
                 events.append(f"start {name}")
@@ -174,11 +174,11 @@ def test_run_jobs_starts_a_job_once_its_needs_are_done(workers):
         return run
 
     jobs = {
-        "a": Job(job("a", 1)),
-        "b": Job(job("b", 10)),
-        "c": Job(job("c", 100), needs=("a",)),
-        "d": Job(job("d", 1000), needs=("c", "b")),
-        "e": Job(job("e", 10_000)),
+        "a": Job(make("a", 1)),
+        "b": Job(make("b", 10)),
+        "c": Job(make("c", 100), needs=("a",)),
+        "d": Job(make("d", 1000), needs=("c", "b")),
+        "e": Job(make("e", 10_000)),
     }
     results = run_jobs(jobs, workers)
     assert results == {"a": 1, "b": 10, "c": 101, "d": 1111, "e": 10_000}
