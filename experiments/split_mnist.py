@@ -70,7 +70,8 @@ class Preset:
 
 
 PRESETS = {
-    # About 1.5 s per training step on 2 CPU cores; see docs/split_mnist.md.
+    # 41 min on 2 CPU cores, two jobs at a time, on a day when a training step
+    # alone took 0.74-0.80 s (0.7-1.8 s by the day); see docs/split_mnist.md.
     "cpu": Preset(
         unet="small", train_steps=1200, batch_size=64, lr=1e-3, warmup_steps=100,
         num_samples=256, num_steps=100, sample_batch=256, grid_every=200,
