@@ -43,7 +43,7 @@ def variants(dim, width, num, steps, exact_num, exact_steps, key):
         return lambda: sd.sample_ode_with_density(
             model, sde, x, divergence=divergence, key=k_run, solver=dfx.Euler(),
             num_steps=n_steps,
-        )[1]  # fmt: skip
+        ).log_q  # fmt: skip
 
     fns = {
         "plain SDE sampling (Euler–Maruyama)": sde_run(),
@@ -53,8 +53,8 @@ def variants(dim, width, num, steps, exact_num, exact_steps, key):
         "+ kernel-ratio tracking": sde_run(
             track_density=True, estimator=sd.KernelRatioEstimator()
         ),
-        "PF-ODE sampling, no density (Euler)": lambda: sd.sample_ode(
-            model, sde, x_init=x1, solver=dfx.Euler(), num_steps=steps
+        "PF-ODE sampling, no density (Euler)": lambda: (
+            sd.sample_ode(model, sde, x_init=x1, solver=dfx.Euler(), num_steps=steps).x
         ),
         "PF-ODE + Hutchinson, 1 probe (Euler)": ode_density(
             sd.Hutchinson(1), x1, steps

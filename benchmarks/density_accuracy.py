@@ -12,7 +12,7 @@ or one JVP each), for:
 
 - the Itô estimator (Skreta et al. Eq. 90) and the kernel-ratio estimator (Eq. 89)
   along the reverse SDE with Euler–Maruyama, started at exact samples of q_{t_max}
-  with the exact log q_{t_max} (density tracking needs Euler; MATH.md §3);
+  with the exact log q_{t_max} (density tracking needs Euler; docs/math.md §3);
 - the PF-ODE likelihood (`log_prob_ode`) on exact samples of q_{t_min}: exact
   divergence and Hutchinson with 1 and 4 Rademacher probes, with fixed steps (Euler,
   Heun) and adaptive (Dopri5 + PIDController(rtol=atol=1e-5)). Its prior term is
@@ -105,10 +105,12 @@ def tracked(g, sde, estimator, num_steps):
 
 def pf_ode(g, sde, score, divergence, solver, num_steps, controller):
     def run(x, key):
-        log_p, z = sd.log_prob_ode(
+        out = sd.log_prob_ode(
             score, sde, x, divergence=divergence, key=key, solver=solver,
             num_steps=num_steps, stepsize_controller=controller,
         )  # fmt: skip
+        assert out.log_q is not None
+        log_p, z = out.log_q[:, 0], out.x
         # Replace the prior's log-density by the exact log q_{t_max}(z).
         prior = jax.vmap(sde.prior_log_prob)(z)
         exact_end = jax.vmap(lambda v: g.log_prob(sde.t_max, v))(z)

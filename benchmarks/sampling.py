@@ -96,18 +96,22 @@ def main() -> None:
             "or": run(pair, sd.Or()),
             "and": run(pair, sd.And()),
             "ito_m": run(model_a, steps=m, track_density=True),
-            "exact": lambda: sd.sample_ode_with_density(
-                model_a, sde, x1, solver=dfx.Euler(), num_steps=m
-            )[1],
-            "hutch": lambda: sd.sample_ode_with_density(
-                model_a,
-                sde,
-                x1,
-                divergence=sd.Hutchinson(1),
-                key=key,
-                solver=dfx.Euler(),
-                num_steps=m,
-            )[1],  # fmt: skip
+            "exact": lambda: (
+                sd.sample_ode_with_density(
+                    model_a, sde, x1, solver=dfx.Euler(), num_steps=m
+                ).log_q
+            ),
+            "hutch": lambda: (
+                sd.sample_ode_with_density(
+                    model_a,
+                    sde,
+                    x1,
+                    divergence=sd.Hutchinson(1),
+                    key=key,
+                    solver=dfx.Euler(),
+                    num_steps=m,
+                ).log_q
+            ),  # fmt: skip
         },
         r,
     )

@@ -93,7 +93,7 @@ def main() -> None:
     for solver in [dfx.Euler(), dfx.Heun(), dfx.Tsit5()]:
         cells = []
         for n in args.steps:
-            x = sd.sample_ode(g.score, sde, x_init=noise, num_steps=n, solver=solver)
+            x = sd.sample_ode(g.score, sde, x_init=noise, num_steps=n, solver=solver).x
             cells.append(
                 f"{abs(float(x.mean()) - mean):.3f} / {abs(float(x.var()) - var):.3f}"
             )

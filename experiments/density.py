@@ -40,6 +40,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import superdiff as sd  # noqa: E402
 
 
+def _log_prob(score, sde, x):
+    """The PF-ODE log-density of each example, `(n,)`."""
+    out = sd.log_prob_ode(score, sde, x)
+    assert out.log_q is not None
+    return out.log_q[:, 0]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("outputs/density"))
@@ -135,7 +142,7 @@ def tracking(args, sde, gmm, union, keys) -> dict:
         out[name] = {"x": s.x, "tracked": s.log_q[:, 0]}
     x = out["ito"]["x"]
     exact = exact_log_q(gmm, sde.t_min, x)
-    pf, _ = sd.log_prob_ode(gmm.score, sde, x)
+    pf = _log_prob(gmm.score, sde, x)
     gmm_result = {
         "exact": exact,
         "ito": out["ito"]["tracked"],
@@ -150,7 +157,7 @@ def tracking(args, sde, gmm, union, keys) -> dict:
         track_density=True,
     )  # fmt: skip
     assert s.log_q is not None
-    moons_pf, _ = sd.log_prob_ode(union, sde, s.x)
+    moons_pf = _log_prob(union, sde, s.x)
     moons = {"x": s.x, "ito": s.log_q[:, 0], "pf_ode": moons_pf}
     return {"gmm": gmm_result, "moons": moons}
 
@@ -162,7 +169,7 @@ def guidance_sweeps(args, sde, score, log_p0, x1, key) -> dict:
     """Mean log p_0 under each guidance; `log_p0(x)` measures it."""
     steps = args.guidance_steps
     fixed: dict[str, Any] = dict(num_steps=steps, solver=dfx.Heun())
-    pf_x = sd.sample_ode(score, sde, x_init=x1, **fixed)
+    pf_x = sd.sample_ode(score, sde, x_init=x1, **fixed).x
     base = float(jnp.mean(log_p0(pf_x)))
     median = sd.prior_guidance(sde, x1, 0.5)
     result: dict = {"pf_ode": base, "density": {}, "stochastic": {}, "prior": {}}
@@ -178,12 +185,12 @@ def guidance_sweeps(args, sde, score, log_p0, x1, key) -> dict:
         ).x  # fmt: skip
         result["stochastic"][q] = float(jnp.mean(log_p0(x)))
     for q in (0.05, 0.25, 0.5, 0.75, 0.95):
-        x = sd.sample_prior_guided(score, sde, q, x_init=x1, **fixed)
+        x = sd.sample_prior_guided(score, sde, q, x_init=x1, **fixed).x
         result["prior"][q] = float(jnp.mean(log_p0(x)))
     for t_switch in args.switches:
         x = sd.sample_high_density(score, sde, x_init=x1, t_switch=t_switch, **fixed).x
         result["hd"][t_switch] = float(jnp.mean(log_p0(x)))
-    alignment = sd.score_alignment(score, sde, x1)
+    alignment = sd.score_alignment(score, sde, x1).extras["alignment"]
     result["score_alignment_positive_share"] = float(jnp.mean(alignment > 0))
     return result
 
@@ -223,13 +230,13 @@ def main() -> None:
     args.quantiles = [0.2, 0.3, 0.4, 0.45, 0.5, 0.51, 0.52]
     noise2 = jax.random.normal(keys[5], (args.guidance_samples, 2))
     sweep2 = guidance_sweeps(
-        args, sde, union, lambda x: sd.log_prob_ode(union, sde, x)[0], noise2,
+        args, sde, union, lambda x: _log_prob(union, sde, x), noise2,
         keys[6],
     )  # fmt: skip
     print("two-moons guidance done", f"{time.perf_counter() - tic:.0f} s")
     fixed: dict[str, Any] = dict(num_steps=args.guidance_steps, solver=dfx.Heun())
     moons_samples = {
-        "PF-ODE": sd.sample_ode(union, sde, x_init=noise2, **fixed),
+        "PF-ODE": sd.sample_ode(union, sde, x_init=noise2, **fixed).x,
         "density guidance q = 0.3": sd.sample_density_guided(
             union,
             sde,

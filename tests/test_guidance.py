@@ -1,5 +1,5 @@
 """Density guidance, high-density sampling, prior guidance and score alignment
-(Karczewski et al. 2025a, b; MATH.md §6) against exact Gaussian answers.
+(Karczewski et al. 2025a, b; docs/math.md §6) against exact Gaussian answers.
 
 The oracle: for an isotropic Gaussian N(m, v I) the Laplacian of log q_t is the
 constant -d / v_t (v_t = α_t² v + σ_t²), so the PF-ODE's own log-density rate
@@ -257,7 +257,7 @@ def test_prior_guidance_moves_log_p0():
                 _log_prob(
                     model,
                     SDE.t_min,
-                    sd.sample_prior_guided(model.score, SDE, q, x_init=noise),
+                    sd.sample_prior_guided(model.score, SDE, q, x_init=noise).x,
                 )
             )
         )
@@ -283,8 +283,10 @@ def test_score_alignment_closed_form_on_a_gaussian():
     model = sd.GaussianMixture(np.array([[0.7], [0.7]]), np.array([0.3, 0.3]), SDE)
     m_t = float(SDE.alpha(SDE.t_max)) * 0.7
     expected = (np.asarray(ALIGN_LATENTS[:, 0]) - m_t) ** 2 / _variance(SDE.t_max) ** 2
-    jvp = sd.score_alignment(model.score, SDE, ALIGN_LATENTS)
-    div = sd.score_alignment(model.score, SDE, ALIGN_LATENTS, method="divergence")
+    jvp = sd.score_alignment(model.score, SDE, ALIGN_LATENTS).extras["alignment"]
+    div = sd.score_alignment(
+        model.score, SDE, ALIGN_LATENTS, method="divergence"
+    ).extras["alignment"]
     np.testing.assert_allclose(jvp, expected, rtol=1e-3)  # solver: measured 6e-5
     np.testing.assert_allclose(div, expected, rtol=1e-8)
 
@@ -297,8 +299,12 @@ def test_score_alignment_sign_on_a_bimodal_mixture():
     # central difference of log q_{t_min}(Φ(x_T + h s_T)) in h, by tight PF-ODE
     # solves (rtol 1e-9, so its error is ~1e-9 / h = 1e-5 relative).
     model = sd.GaussianMixture(np.array([[-2.0], [2.0]]), np.array([0.1, 0.1]), SDE)
-    jvp = np.asarray(sd.score_alignment(model.score, SDE, ALIGN_LATENTS))
-    div = sd.score_alignment(model.score, SDE, ALIGN_LATENTS, method="divergence")
+    jvp = np.asarray(
+        sd.score_alignment(model.score, SDE, ALIGN_LATENTS).extras["alignment"]
+    )
+    div = sd.score_alignment(
+        model.score, SDE, ALIGN_LATENTS, method="divergence"
+    ).extras["alignment"]
     np.testing.assert_array_equal(np.sign(jvp), [-1, -1, -1, 1, 1])
     np.testing.assert_allclose(div, jvp, rtol=1e-3)
     h = 1e-4
@@ -307,7 +313,7 @@ def test_score_alignment_sign_on_a_bimodal_mixture():
         model.score, SDE, x_init=jnp.concatenate([ALIGN_LATENTS + h * s_t,
                                                   ALIGN_LATENTS - h * s_t]),
         stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-9),
-    )  # fmt: skip
+    ).x  # fmt: skip
     log_p = np.asarray(_log_prob(model, SDE.t_min, ends))
     np.testing.assert_allclose(jvp, (log_p[:5] - log_p[5:]) / (2 * h), rtol=1e-3)
 

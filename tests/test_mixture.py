@@ -1,4 +1,4 @@
-"""Analytic Gaussian mixtures (MATH.md §7) against direct formulas."""
+"""Analytic Gaussian mixtures (docs/math.md §7) against direct formulas."""
 
 import math
 

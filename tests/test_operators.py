@@ -1,4 +1,4 @@
-"""Superposition operators (MATH.md §5) against the equations they solve."""
+"""Superposition operators (docs/math.md §5) against the equations they solve."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,15 @@ def _random_inputs(seed, num_models, dim=5, h=0.02):
     scores = jnp.asarray(rng.normal(size=(num_models, dim)) * 2.0)
     noise = jnp.asarray(rng.normal(size=dim) * np.sqrt(h))
     return scores, noise, h
+
+
+def _weights(op, log_q, scores, noise, h):
+    """The operator's weights for one example with these step quantities."""
+    inputs = sd.OperatorInputs(
+        jnp.asarray(0.5), jnp.zeros(scores.shape[1:]), scores, log_q, noise,
+        jnp.asarray(h),
+    )  # fmt: skip
+    return op(inputs)
 
 
 def _ito_increments(scores, noise, h, kappa):
@@ -44,7 +53,7 @@ def test_and_weights_equalise_ito_increments(num_models, seed):
     np.testing.assert_allclose(inc - inc[0], 0.0, atol=1e-10 * scale)
     # The operator gives the same weights (no clipping by default).
     np.testing.assert_allclose(
-        sd.And()(jnp.zeros(num_models), scores, noise, h), kappa, rtol=1e-12
+        _weights(sd.And(), jnp.zeros(num_models), scores, noise, h), kappa, rtol=1e-12
     )
 
 
@@ -56,7 +65,7 @@ def test_and_weights_equalise_the_estimator_increments():
     x = jnp.asarray(np.random.default_rng(8).normal(size=4))
     f, g2, dtau = -3.0, 6.0, 1e-3
     h = g2 * dtau
-    kappa = sd.And()(jnp.zeros(3), scores, noise, h)
+    kappa = _weights(sd.And(), jnp.zeros(3), scores, noise, h)
     dx = (-f * x + g2 * kappa @ scores) * dtau + noise
     est = sd.ItoEstimator()
     inc = jnp.stack([est.increment(x, dx, s, f, g2, dtau) for s in scores])
@@ -76,7 +85,7 @@ def test_and_weights_degenerate_points_are_uniform(num_models):
         assert jnp.all(jnp.isfinite(kappa))
         np.testing.assert_allclose(kappa, 1.0 / num_models, rtol=1e-12)
         np.testing.assert_allclose(
-            sd.And(max_weight=5.0)(jnp.zeros(num_models), scores, noise, h),
+            _weights(sd.And(max_weight=5.0), jnp.zeros(num_models), scores, noise, h),
             1.0 / num_models,
             rtol=1e-12,
         )
@@ -114,7 +123,7 @@ def test_and_max_weight_bounds_and_keeps_sum(max_weight):
         scores = scores[0] + 1e-3 * scores
         free = sd.and_weights(scores, noise, h)
         assert jnp.max(jnp.abs(free)) > max_weight
-        kappa = sd.And(max_weight=max_weight)(jnp.zeros(3), scores, noise, h)
+        kappa = _weights(sd.And(max_weight=max_weight), jnp.zeros(3), scores, noise, h)
         assert jnp.max(jnp.abs(kappa)) <= max_weight * (1 + 1e-12)
         np.testing.assert_allclose(jnp.sum(kappa), 1.0, rtol=1e-12)
         # Scaled towards uniform along the same direction, not distorted.
@@ -128,7 +137,7 @@ def test_and_max_weight_leaves_small_weights_alone():
     scores, noise, h = _random_inputs(1, 3, h=1.0)
     free = sd.and_weights(scores, noise, h)
     bound = float(jnp.max(jnp.abs(free))) + 1.0
-    kappa = sd.And(max_weight=bound)(jnp.zeros(3), scores, noise, h)
+    kappa = _weights(sd.And(max_weight=bound), jnp.zeros(3), scores, noise, h)
     np.testing.assert_allclose(kappa, free, rtol=1e-12)
 
 
@@ -155,15 +164,17 @@ def test_or_weights_are_softmax(temperature):
     ]:
         expected = np.exp(logits - logits.max())
         expected /= expected.sum()
-        np.testing.assert_allclose(op(log_q, scores, noise, 0.01), expected, rtol=1e-12)
+        np.testing.assert_allclose(
+            _weights(op, log_q, scores, noise, 0.01), expected, rtol=1e-12
+        )
 
 
 def test_or_is_shift_invariant_and_stable():
-    # Only differences of log q matter (MATH.md §5), even for huge values.
+    # Only differences of log q matter (docs/math.md §5), even for huge values.
     scores, noise = jnp.ones((2, 3)), jnp.zeros(3)
     op = sd.Or(temperature=2.0)
-    a = op(jnp.array([-1.0, 0.5]), scores, noise, 0.01)
-    b = op(jnp.array([-1e4 - 1.0, -1e4 + 0.5]), scores, noise, 0.01)
+    a = _weights(op, jnp.array([-1.0, 0.5]), scores, noise, 0.01)
+    b = _weights(op, jnp.array([-1e4 - 1.0, -1e4 + 0.5]), scores, noise, 0.01)
     np.testing.assert_allclose(a, b, rtol=1e-12)
     np.testing.assert_allclose(a, jax.nn.softmax(jnp.array([-2.0, 1.0])), rtol=1e-12)
 
@@ -177,11 +188,18 @@ def test_or_nonpositive_temperature_raises(temperature):
 def test_single_and_average():
     scores, noise = jnp.ones((3, 2)), jnp.zeros(2)
     log_q = jnp.array([0.0, -5.0, 3.0])
-    np.testing.assert_array_equal(sd.Single()(log_q, scores, noise, 0.1), [1, 0, 0])
-    np.testing.assert_array_equal(sd.Single(2)(log_q, scores, noise, 0.1), [0, 0, 1])
-    np.testing.assert_allclose(sd.Average()(log_q, scores, noise, 0.1), [1 / 3] * 3)
+    np.testing.assert_array_equal(
+        _weights(sd.Single(), log_q, scores, noise, 0.1), [1, 0, 0]
+    )
+    np.testing.assert_array_equal(
+        _weights(sd.Single(2), log_q, scores, noise, 0.1), [0, 0, 1]
+    )
     np.testing.assert_allclose(
-        sd.Average(weights=(0.2, 0.5, 0.3))(log_q, scores, noise, 0.1), [0.2, 0.5, 0.3]
+        _weights(sd.Average(), log_q, scores, noise, 0.1), [1 / 3] * 3
+    )
+    np.testing.assert_allclose(
+        _weights(sd.Average(weights=(0.2, 0.5, 0.3)), log_q, scores, noise, 0.1),
+        [0.2, 0.5, 0.3],
     )
     assert not sd.Single.needs_density and not sd.Average.needs_density
     assert sd.Or.needs_density and sd.And.needs_density

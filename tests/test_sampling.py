@@ -1,4 +1,4 @@
-"""Sampling and density tracking against exact Gaussian answers (MATH.md §3, §5, §7).
+"""Sampling and density tracking against exact Gaussian answers (docs/math.md §3, §5, §7).
 
 All scores here are exact (`GaussianMixture`), so every discrepancy is the sampler's:
 Monte Carlo error (which sets the tolerances, via the sample count) plus the
@@ -92,7 +92,7 @@ def _tracking_stats(name, num_steps, num):
 
 
 # The error of the tracked log q at t_min is a discretisation bias plus per-sample
-# noise. Measured (MATH.md §3 and here; d = 2, VP, 1000 samples):
+# noise. Measured (docs/math.md §3 and here; d = 2, VP, 1000 samples):
 #   Itô:          250 steps +0.17 ± 0.79, 1000 steps +0.034 ± 0.39 nats;
 #   kernel ratio: 250 steps +0.010 ± 0.12, 1000 steps -0.001 ± 0.057 nats.
 # The noise falls like 1/sqrt(N) (std ~ 12.5/sqrt(N) for Itô, ~ 1.9/sqrt(N) for
@@ -126,7 +126,7 @@ def test_tracked_log_q_converges_to_exact(name):
 
 
 def test_kernel_ratio_is_more_accurate_than_ito():
-    # At equal steps the per-sample error is ~9x smaller (MATH.md §3: 0.13 vs 0.80
+    # At equal steps the per-sample error is ~9x smaller (docs/math.md §3: 0.13 vs 0.80
     # at 250 steps, 0.067 vs 0.41 at 1000); we require 4x, at 100 and 400 steps.
     for num_steps in (100, 400):
         _, ito = _tracking_stats("ito", num_steps, TRACKING_RUNS["ito"][1])
@@ -340,7 +340,7 @@ def _gaussian_flow_map(x1):
 )
 def test_probability_flow_is_the_exact_flow_map(kwargs, tol):
     x1 = TARGET.sample(200, SDE.t_max, key=jax.random.key(0))
-    x = sd.sample_ode(TARGET.score, SDE, x_init=x1, **kwargs)
+    x = sd.sample_ode(TARGET.score, SDE, x_init=x1, **kwargs).x
     _assert_within(x, _gaussian_flow_map(x1), tol)
 
 
@@ -351,7 +351,7 @@ def test_probability_flow_heun_is_second_order():
     exact = _gaussian_flow_map(x1)
     errors = [
         float(jnp.max(jnp.abs(
-            sd.sample_ode(TARGET.score, SDE, x_init=x1, solver=dfx.Heun(), num_steps=n)
+            sd.sample_ode(TARGET.score, SDE, x_init=x1, solver=dfx.Heun(), num_steps=n).x
             - exact
         )))
         for n in (50, 200)
@@ -367,7 +367,7 @@ def test_probability_flow_recovers_mixture_moments():
     g = _mixture()
     n = 2000
     x1 = g.sample(n, SDE.t_max, key=jax.random.key(1))
-    x = sd.sample_ode(g.score, SDE, x_init=x1)
+    x = sd.sample_ode(g.score, SDE, x_init=x1).x
     means, covs = (np.asarray(a) for a in g.marginal_params(SDE.t_min))
     w = np.exp(np.asarray(g.log_weights))
     mean = w @ means
@@ -382,7 +382,7 @@ def test_probability_flow_recovers_mixture_moments():
     # alpha_1 mu_k are ~0.007 |mu_k| from 0, so the law differs by ~0.01 at most.
     x_prior = sd.sample_ode(
         g.score, SDE, key=jax.random.key(2), num_samples=n, shape=(2,)
-    )
+    ).x
     _assert_within(x_prior.mean(0), mean, 4 * np.sqrt(np.diag(cov) / n) + 0.01)
 
 
@@ -428,12 +428,9 @@ def test_tracking_needs_euler(solver):
 
 
 def _sample(models=PAIR, operator=None, **kwargs):
-    kwargs = {
-        "key": jax.random.key(0),
-        "num_samples": 8,
-        "shape": (2,),
-        "num_steps": 5,
-    } | kwargs
+    # A batch of 8 two-dimensional examples from the prior, unless `x_init` is given.
+    draw = {} if "x_init" in kwargs else {"num_samples": 8, "shape": (2,)}
+    kwargs = {"key": jax.random.key(0), "num_steps": 5} | draw | kwargs
     return sd.sample(models, SDE, operator, **kwargs)
 
 
@@ -464,6 +461,7 @@ def test_score_of_the_wrong_shape_raises():
         ({"x_init": jnp.zeros(2)}, r"batch of shape"),  # one example, not a batch
         ({"x_init": jnp.zeros((4, 3))}, r"shape \(3,\)"),  # wrong dimension
         ({"num_samples": None}, r"x_init"),  # neither x_init nor num_samples
+        ({"x_init": jnp.zeros((4, 2)), "num_samples": 4}, r"not both"),
         ({"log_q_init": jnp.zeros((8, 3)), "track_density": True}, r"log_q_init"),
         ({"estimator": sd.KernelRatioEstimator()}, r"track_density=True"),
     ],
@@ -493,11 +491,11 @@ def test_no_models_raise():
 
 def test_nan_scores_raise():
     nan_score = lambda t, x: jnp.full_like(x, jnp.nan)
-    with pytest.raises(FloatingPointError, match=r"\[1\]"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"Score model\(s\) \[1\]"):
         _sample([LEFT.score, nan_score], sd.Or())
     # A score that breaks only later on the path is caught at the end.
     late_nan = lambda t, x: jnp.where(t < 0.5, jnp.nan, 1.0) * LEFT.score(t, x)
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
         _sample(late_nan)
 
 
@@ -556,3 +554,49 @@ def test_and_curvature_correction_needs_the_ito_estimator():
             operator=sd.And(curvature_correction=True),
             estimator=sd.KernelRatioEstimator(),
         )
+
+
+# ----------------------------------------------------- operators users define
+
+
+class _Negation(sd.AbstractOperator):
+    """ "A NOT B" as fixed weights (1 + γ, -γ), defined outside the library by
+    subclassing alone: the score q_A^{1+γ} q_B^{-γ}. For two Gaussians of equal
+    covariance this is exactly the score of a Gaussian of the same covariance with
+    mean (1 + γ) μ_A - γ μ_B at every t (docs/math.md (7.3)), so the reverse SDE
+    samples that Gaussian."""
+
+    gamma: float
+    needs_density = False
+
+    def __call__(self, inputs):
+        return jnp.array([1 + self.gamma, -self.gamma], inputs.scores.dtype)
+
+
+class _WeightedMixture(sd.AbstractOperator):
+    """OR with mixture weights, written from scratch: softmax(log q + log w)."""
+
+    log_weights: tuple[float, ...]
+
+    def __call__(self, inputs):
+        assert inputs.log_q is not None
+        return jax.nn.softmax(inputs.log_q + jnp.asarray(self.log_weights))
+
+
+@pytest.mark.parametrize("track", [False, True], ids=["any-solver", "tracked"])
+def test_user_defined_negation_samples_its_closed_form(track):
+    # LEFT NOT RIGHT with γ = 0.5: mean 1.5 (-1.5, 0) - 0.5 (1.5, 0) = (-3, 0).
+    op = _Negation(0.5)
+    solver = dfx.Euler() if track else dfx.Heun()
+    out = _superpose(op, track_density=track, solver=solver)
+    assert (out.log_q is not None) == track
+    _assert_gaussian_moments(out.x, [-3.0, 0.0], [0.25, 0.25], var_bias=0.05)
+
+
+def test_user_defined_mixture_operator_samples_the_mixture():
+    out = _superpose(_WeightedMixture((math.log(0.2), math.log(0.8))))
+    right = out.x[:, 0] > 0
+    share = float(right.mean())
+    assert abs(share - 0.8) < 4 * math.sqrt(0.16 / NUM), share
+    _assert_component(out.x[right], 1.5)
+    _assert_component(out.x[~right], -1.5)

@@ -1,4 +1,4 @@
-"""The Gaussian-path SDEs against their definitions (MATH.md §1)."""
+"""The Gaussian-path SDEs against their definitions (docs/math.md §1)."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_coefficients_reproduce_the_marginals(sde):
 
 
 def test_table_of_schedules():
-    # MATH.md §1, written out by hand.
+    # docs/math.md §1, written out by hand.
     t = 0.37
     vp, subvp, ve = sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()
     big_b = 0.1 * t + 0.5 * (20.0 - 0.1) * t**2
@@ -137,7 +137,7 @@ def test_time_at_log_snr_inverts_log_snr(sde):
 
 
 def test_vp_log_snr_sigmoid():
-    # For VP, alpha^2 = sigmoid(lambda) and sigma^2 = sigmoid(-lambda) (MATH.md §1).
+    # For VP, alpha^2 = sigmoid(lambda) and sigma^2 = sigmoid(-lambda) (docs/math.md §1).
     sde = sd.VPSDE()
     for t in _times(sde):
         lam = sde.log_snr(t)

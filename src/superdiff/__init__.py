@@ -4,6 +4,11 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
+from ._alignment import (
+    AlignmentState as AlignmentState,
+    ScoreAlignmentFlow as ScoreAlignmentFlow,
+    score_alignment as score_alignment,
+)
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
@@ -15,16 +20,21 @@ from ._classifier import (
 )
 from ._data import two_moons as two_moons
 from ._density import (
-    AbstractDivergence as AbstractDivergence,
-    BitsPerDim as BitsPerDim,
-    ExactDivergence as ExactDivergence,
-    Hutchinson as Hutchinson,
-    ProbabilityFlowDensity as ProbabilityFlowDensity,
     bits_per_dim as bits_per_dim,
     bits_per_dim_offset as bits_per_dim_offset,
     dequantize as dequantize,
     log_prob_ode as log_prob_ode,
     sample_ode_with_density as sample_ode_with_density,
+)
+from ._divergence import (
+    AbstractDivergence as AbstractDivergence,
+    ExactDivergence as ExactDivergence,
+    Hutchinson as Hutchinson,
+)
+from ._estimators import (
+    AbstractDensityEstimator as AbstractDensityEstimator,
+    ItoEstimator as ItoEstimator,
+    KernelRatioEstimator as KernelRatioEstimator,
 )
 from ._family import (
     AbstractScoreFamily as AbstractScoreFamily,
@@ -36,16 +46,14 @@ from ._guidance import (
     AbstractGuidance as AbstractGuidance,
     DensityQuantile as DensityQuantile,
     DensityRate as DensityRate,
-    GuidedProbabilityFlow as GuidedProbabilityFlow,
-    ScoreAlignmentFlow as ScoreAlignmentFlow,
     ScoreScale as ScoreScale,
-    StochasticGuidanceTerm as StochasticGuidanceTerm,
+    SwitchedScoreScale as SwitchedScoreScale,
+)
+from ._guided import (
     prior_guidance as prior_guidance,
     sample_density_guided as sample_density_guided,
     sample_high_density as sample_high_density,
     sample_prior_guided as sample_prior_guided,
-    score_alignment as score_alignment,
-    time_grid as time_grid,
 )
 from ._images import (
     DataNotFoundError as DataNotFoundError,
@@ -73,26 +81,29 @@ from ._operators import (
     AbstractOperator as AbstractOperator,
     And as And,
     Average as Average,
+    OperatorInputs as OperatorInputs,
     Or as Or,
     Single as Single,
+    WeightedScore as WeightedScore,
     and_weights as and_weights,
     and_weights_two as and_weights_two,
 )
-from ._sample import Samples as Samples, sample as sample, sample_ode as sample_ode
+from ._samplers import sample as sample, sample_ode as sample_ode
 from ._sde import (
     VESDE as VESDE,
     VPSDE as VPSDE,
     AbstractSDE as AbstractSDE,
     SubVPSDE as SubVPSDE,
 )
+from ._solve import RESULTS as RESULTS, Samples as Samples, time_grid as time_grid
 from ._terms import (
-    AbstractDensityEstimator as AbstractDensityEstimator,
-    ItoEstimator as ItoEstimator,
-    KernelRatioEstimator as KernelRatioEstimator,
+    FlowState as FlowState,
+    ProbabilityFlow as ProbabilityFlow,
+    ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
+    StochasticGuidanceTerm as StochasticGuidanceTerm,
     SuperpositionState as SuperpositionState,
     SuperpositionTerm as SuperpositionTerm,
-    probability_flow_term as probability_flow_term,
     reverse_sde_terms as reverse_sde_terms,
 )
 from ._train import (

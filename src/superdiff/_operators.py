@@ -1,14 +1,16 @@
 """Superposition operators: how the M scores are weighted at each step.
 
 An operator is a small value that the sampler applies (in the spirit of Optax's
-transformations): per example and per step it maps the tracked log-densities, the
-scores and the step's noise to weights $\\kappa$ with $\\sum_i\\kappa_i = 1$; the
-sampler then moves with $dx = (-f x + g^2\\sum_i\\kappa_i s_i)\\,d\\tau + g\\,dW$
-(Skreta et al. 2025, Algorithm 1). New operators plug in by subclassing
-`AbstractOperator`; the sampler does not change.
+transformations): per example and per step it maps what it sees of the step (an
+`OperatorInputs`: the scores, the tracked log-densities, the step's noise) to weights
+$\\kappa$ with $\\sum_i\\kappa_i = 1$; the sampler then moves with
+$dx = (-f x + g^2\\sum_i\\kappa_i s_i)\\,d\tau + g\\,dW$ (Skreta et al. 2025,
+Algorithm 1; `docs/math.md` §5). A new operator is one subclass of
+`AbstractOperator`; the terms and samplers do not change.
 """
 
 import abc
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -17,52 +19,139 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._estimators import AbstractDensityEstimator, ItoEstimator
+from ._family import AbstractScoreFamily, ScoreFn
+
 
 def _float_tuple(values) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in np.ravel(values))
 
 
-class AbstractOperator(eqx.Module):
-    """Maps one example's step quantities to mixing weights $\\kappa$.
+class OperatorInputs(eqx.Module):
+    r"""What an operator sees of one example at one step.
 
-    `needs_density` says whether the weights read the tracked $\\log q^i$ (and so
-    whether sampling must track them).
+    - `t`: the model time $t$.
+    - `x`: the current point, `(*d)`.
+    - `scores`: every model's score $s_i = \nabla\log q^i_t(x)$, `(M, *d)`.
+    - `log_q`: the tracked $\log q^i_t(x)$, `(M,)`; `None` off the tracked path.
+    - `noise`: this step's noise $g\,dW$, the same that moves $x$; `None` off the
+        tracked path.
+    - `h`: $g^2\,d\tau$, the step's scale; `None` off the tracked path.
+    - `family`: the models, for rules that need more than the scores (AND's
+        curvature correction takes JVPs, through `curvature`).
+    """
+
+    t: Float[Array, ""]
+    x: Float[Array, "*d"]
+    scores: Float[Array, "M *d"]
+    log_q: Float[Array, " M"] | None = None
+    noise: Float[Array, "*d"] | None = None
+    h: Float[ArrayLike, ""] | None = None
+    family: AbstractScoreFamily | None = None
+
+    @property
+    def num_models(self) -> int:
+        return self.scores.shape[0]
+
+    def curvature(self, direction: Float[Array, "*d"]) -> Float[Array, " M"]:
+        r"""$u^\top\nabla s_i(x)\,u$ for every model, by one JVP of the family."""
+        family = self.family
+        if family is None:
+            raise ValueError("`curvature` needs the models: give `family`.")
+        _, tangent = jax.jvp(lambda v: family(self.t, v), (self.x,), (direction,))
+        return jnp.sum((tangent * direction).reshape(tangent.shape[0], -1), axis=1)
+
+
+class AbstractOperator(eqx.Module):
+    r"""A superposition rule: weights $\kappa$ with $\sum_i\kappa_i = 1$ for one
+    example at one step.
+
+    A new operator is one subclass; `__call__` is the only method it must give.
+    The others have defaults that a rule may refine:
+
+    - `mix`: the weights and a correction to each tracked $\Delta\log q^i$ (zero,
+        unless the rule changes the step's noise as AND's curvature correction does).
+    - `mixed_score`: the score followed on an untracked path, for rules whose
+        weights read neither the log-densities nor the step's noise.
+    - `check`: raise, before any computation, if the rule cannot weight this many
+        models, or not with this density estimator.
+
+    `needs_density` says whether the weights read `log_q`, `noise` or `h`; sampling
+    then tracks the densities along the realised Euler–Maruyama step.
     """
 
     needs_density: ClassVar[bool] = True
 
     @abc.abstractmethod
-    def __call__(
-        self,
-        log_q: Float[Array, " M"],
-        scores: Float[Array, "M *d"],
-        noise: Float[Array, "*d"],
-        h: Float[ArrayLike, ""],
-    ) -> Float[Array, " M"]:
-        """**Arguments:**
+    def __call__(self, inputs: OperatorInputs) -> Float[Array, " M"]:
+        """The weights $\\kappa$ of one example at one step, summing to one."""
 
-        - `log_q`: the tracked $\\log q^i_t(x)$ of each model at the current point.
-        - `scores`: $s_i = \\nabla\\log q^i_t(x)$.
-        - `noise`: this step's noise $g\\,dW$ (the same that moves $x$).
-        - `h`: $g^2\\,d\\tau$, the step's scale.
+    def mix(
+        self, inputs: OperatorInputs
+    ) -> tuple[Float[Array, " M"], Float[Array, " M"]]:
+        r"""`(kappa, correction)`: the weights, and what each model's tracked
+        $\Delta\log q^i$ gains over the estimator's increment in this step."""
+        return self(inputs), jnp.zeros(inputs.num_models, inputs.scores.dtype)
 
-        **Returns:** the weights $\\kappa$, summing to one.
-        """
+    def mixed_score(self, family: AbstractScoreFamily) -> ScoreFn:
+        r"""The score $\sum_i\kappa_i s_i$ to follow on an untracked path (any Diffrax
+        SDE solver): a callable `(t, x) -> score` on one example. Only for operators
+        with `needs_density = False`."""
+        return WeightedScore(family, self)
 
-    def check(self, num_models: int) -> None:
-        """Raise if this operator cannot weight `num_models` models."""
+    def check(
+        self, num_models: int, estimator: AbstractDensityEstimator | None = None
+    ) -> None:
+        """Raise if this operator cannot weight `num_models` models, or cannot work
+        with `estimator` (given when the densities are tracked)."""
+
+
+def weighted_sum(weights: Array, scores: Array) -> Array:
+    r"""$\sum_i w_i s_i$ over the model axis (after the leading batch axes of
+    `weights`), as a broadcast and a reduction, which XLA fuses with its
+    neighbours; a `tensordot` with M = 2 becomes a separate tiny matrix product per
+    example (measurably slower on CPU)."""
+    axis = weights.ndim - 1
+    trailing = (1,) * (scores.ndim - weights.ndim)
+    return jnp.sum(weights.reshape(*weights.shape, *trailing) * scores, axis=axis)
+
+
+class WeightedScore(eqx.Module):
+    r"""$\sum_i\kappa_i s_i$ with an operator's weights at each `(t, x)`: the score an
+    untracked path follows (the averaging baseline's, for `Average`)."""
+
+    family: AbstractScoreFamily
+    operator: AbstractOperator
+
+    def __call__(self, t, x):
+        scores = self.family(t, x)
+        return weighted_sum(
+            self.operator(OperatorInputs(jnp.asarray(t), x, scores)), scores
+        )
+
+    def batched(self, t, x):
+        """On a batch, with the family's batched evaluation."""
+        scores = self.family.batched(t, x)
+        t = jnp.asarray(t)
+        kappa = jax.vmap(lambda xi, si: self.operator(OperatorInputs(t, xi, si)))(
+            x, scores
+        )
+        return weighted_sum(kappa, scores)
 
 
 class Single(AbstractOperator):
-    """One model alone: $\\kappa = e_i$."""
+    r"""One model alone: $\kappa = e_i$. Off the tracked path only its network runs."""
 
     index: int = eqx.field(static=True, default=0)
     needs_density: ClassVar[bool] = False
 
-    def __call__(self, log_q, scores, noise, h):
-        return jax.nn.one_hot(self.index, scores.shape[0], dtype=scores.dtype)
+    def __call__(self, inputs):
+        return jax.nn.one_hot(self.index, inputs.num_models, dtype=inputs.scores.dtype)
 
-    def check(self, num_models):
+    def mixed_score(self, family):
+        return family.member(self.index)
+
+    def check(self, num_models, estimator=None):
         if not 0 <= self.index < num_models:
             raise ValueError(
                 f"`Single(index={self.index})` needs 0 <= index < {num_models} "
@@ -71,7 +160,7 @@ class Single(AbstractOperator):
 
 
 class Average(AbstractOperator):
-    """Fixed weights (the averaging baseline): $\\kappa = w$, uniform by default."""
+    r"""Fixed weights (the averaging baseline): $\kappa = w$, uniform by default."""
 
     weights: tuple[float, ...] | None = eqx.field(
         static=True, default=None, converter=_float_tuple
@@ -82,13 +171,13 @@ class Average(AbstractOperator):
         if self.weights is not None and not np.isclose(sum(self.weights), 1.0):
             raise ValueError(f"`weights` must sum to one; got {self.weights}.")
 
-    def __call__(self, log_q, scores, noise, h):
-        num = scores.shape[0]
+    def __call__(self, inputs):
+        num = inputs.num_models
         if self.weights is None:
-            return jnp.full((num,), 1.0 / num, dtype=scores.dtype)
-        return jnp.asarray(self.weights, dtype=scores.dtype)
+            return jnp.full((num,), 1.0 / num, dtype=inputs.scores.dtype)
+        return jnp.asarray(self.weights, dtype=inputs.scores.dtype)
 
-    def check(self, num_models):
+    def check(self, num_models, estimator=None):
         if self.weights is not None and len(self.weights) != num_models:
             raise ValueError(
                 f"`Average` has {len(self.weights)} weights for {num_models} models."
@@ -96,17 +185,18 @@ class Average(AbstractOperator):
 
 
 class Or(AbstractOperator):
-    """SuperDiff OR (Skreta et al. 2025, Prop. 3): $\\kappa = \\mathrm{softmax}(T\\log q
-    + \\ell)$.
+    r"""SuperDiff OR (Skreta et al. 2025, Prop. 3; `docs/math.md` §5):
+    $\kappa = \mathrm{softmax}(T\log q + \ell)$.
 
     With `temperature=1` and `bias=log w` this samples exactly the mixture
-    $\\sum_i w_i q^i$ (given exact scores and log-densities); as $T\\to\\infty$ each
+    $\sum_i w_i q^i$ (given exact scores and log-densities); as $T\to\infty$ each
     example follows its most likely model.
 
     **Arguments:**
 
-    - `temperature`: $T > 0$.
-    - `bias`: $\\ell$, one value per model (zero by default).
+    - `temperature`: $T$, finite and positive.
+    - `bias`: $\ell$, one value per model (zero by default); $-\infty$ turns a model
+        off, but not every model.
     """
 
     temperature: float = 1.0
@@ -115,18 +205,29 @@ class Or(AbstractOperator):
     )
 
     def __check_init__(self):
-        if not self.temperature > 0:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(
-                f"`Or` needs a positive temperature T; got T={self.temperature}."
+                "`Or` needs a finite, positive temperature T; got "
+                f"T={self.temperature}."
+            )
+        if self.bias is not None and (
+            any(math.isnan(b) or b == math.inf for b in self.bias)
+            or all(b == -math.inf for b in self.bias)
+        ):
+            raise ValueError(
+                "`Or`'s `bias` must be finite, or -inf to turn a model off (not every "
+                f"model); got {self.bias}."
             )
 
-    def __call__(self, log_q, scores, noise, h):
-        logits = self.temperature * log_q
+    def __call__(self, inputs):
+        if inputs.log_q is None:
+            raise ValueError("`Or` weighs by the tracked log-densities: give `log_q`.")
+        logits = self.temperature * inputs.log_q
         if self.bias is not None:
-            logits = logits + jnp.asarray(self.bias, dtype=log_q.dtype)
+            logits = logits + jnp.asarray(self.bias, dtype=logits.dtype)
         return jax.nn.softmax(logits)
 
-    def check(self, num_models):
+    def check(self, num_models, estimator=None):
         if self.bias is not None and len(self.bias) != num_models:
             raise ValueError(
                 f"`Or` has {len(self.bias)} bias values for {num_models} models."
@@ -134,8 +235,8 @@ class Or(AbstractOperator):
 
 
 class And(AbstractOperator):
-    """SuperDiff AND (Skreta et al. 2025, Prop. 6): weights that make every model's
-    log-density change by the same amount in this step.
+    """SuperDiff AND (Skreta et al. 2025, Prop. 6; `docs/math.md` §5.3): weights that
+    make every model's log-density change by the same amount in this step.
 
     Writing the Itô increments as $d\\log q^i = v_i + h (K\\kappa)_i$ with
     $K_{ij} = \\langle s_i, s_j\\rangle$, $v_i = \\langle g\\,dW, s_i\\rangle -
@@ -170,7 +271,7 @@ class And(AbstractOperator):
     $\\tfrac12\\int g^2\\,\\mathrm{tr}(P\\nabla s_i)\\,d\\tau$ (measured on two
     Gaussians of variance 0.25: $-5.7$ nats, whatever the step count), and where the
     models' curvatures differ, equal tracked values are not equal densities. With
-    `curvature_correction=True` the sampler adds the missing
+    `curvature_correction=True` the operator (`mix`) adds the missing
     $-\\tfrac h2\\mathrm{tr}(P\\nabla s_i)$ to each increment, from one JVP of the
     models per direction of $P$ (M − 1 per step, on top of the one evaluation), and
     equalises the corrected increments. Supported with `ItoEstimator`.
@@ -189,19 +290,31 @@ class And(AbstractOperator):
                 f"got {self.max_weight}."
             )
 
-    def __call__(self, log_q, scores, noise, h, offsets=None):
-        return self.weights_and_shrink(scores, noise, h, offsets)[0]
+    def __call__(self, inputs):
+        return self._bounded(inputs, offsets=None)[0]
 
-    def weights_and_shrink(
-        self,
-        scores: Float[Array, "M *d"],
-        noise: Float[Array, "*d"],
-        h: Float[ArrayLike, ""],
-        offsets: Float[Array, " M"] | None = None,
+    def mix(self, inputs):
+        if not self.curvature_correction:
+            return super().mix(inputs)
+        # tr(P ∇s_i) along the directions where AND cancels the noise.
+        directions = and_noise_directions(inputs.scores, self.rtol)
+        curvature = jnp.sum(jax.vmap(inputs.curvature)(directions), axis=0)
+        assert inputs.h is not None
+        missing = -0.5 * jnp.asarray(inputs.h) * curvature
+        kappa, shrink = self._bounded(inputs, offsets=missing)
+        # Noise left along P: (1 - shrink) of it, so the realised diffusion there is
+        # g²(1 - shrink)² = g²(1 - (2 shrink - shrink²)).
+        return kappa, (2 * shrink - shrink**2) * missing
+
+    def _bounded(
+        self, inputs: OperatorInputs, offsets: Float[Array, " M"] | None
     ) -> tuple[Float[Array, " M"], Float[Array, ""]]:
         """The weights and the factor `c ∈ (0, 1]` by which `max_weight` shrank
         their deviation from uniform (1 when unbounded)."""
-        kappa = and_weights(scores, noise, h, rtol=self.rtol, offsets=offsets)
+        if inputs.noise is None or inputs.h is None:
+            raise ValueError("`And` weighs by the step's noise: give `noise` and `h`.")
+        scores = inputs.scores
+        kappa = and_weights(scores, inputs.noise, inputs.h, self.rtol, offsets)
         shrink = jnp.ones((), kappa.dtype)
         if self.max_weight is not None:
             num = scores.shape[0]
@@ -211,13 +324,19 @@ class And(AbstractOperator):
             kappa = 1.0 / num + dev * shrink
         return kappa, shrink
 
-    def noise_directions(self, scores: Float[Array, "M *d"]) -> Float[Array, "M-1 *d"]:
-        """See `and_noise_directions`."""
-        return and_noise_directions(scores, self.rtol)
-
-    def check(self, num_models):
+    def check(self, num_models, estimator=None):
         if num_models < 2:
             raise ValueError(f"`And` needs at least two models; got {num_models}.")
+        if (
+            self.curvature_correction
+            and estimator is not None
+            and not isinstance(estimator, ItoEstimator)
+        ):
+            raise ValueError(
+                "`And(curvature_correction=True)` corrects the Itô estimator's "
+                "increments, so it needs `estimator=ItoEstimator()`; got "
+                f"`{type(estimator).__name__}`."
+            )
 
 
 def _complement_basis(num: int) -> np.ndarray:
