@@ -1,6 +1,8 @@
 """The public samplers under `jax.jit` and `jax.vmap` give the plain calls' numbers,
 and report failures the Diffrax way (a result code, or an error at run time)."""
 
+from typing import Any
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -67,7 +69,7 @@ def _late_nan(t, x):
 
 
 def test_failures_are_result_codes_or_runtime_errors():
-    kwargs = dict(num_samples=8, shape=(2,), num_steps=10)
+    kwargs: dict[str, Any] = dict(num_samples=8, shape=(2,), num_steps=10)
     out = sd.sample(_late_nan, SDE, key=KEYS[0], throw=False, **kwargs)
     assert out.result == sd.RESULTS.non_finite
     with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
