@@ -43,8 +43,8 @@ from sampling import timed_interleaved
 
 
 MODELS = {
-    "mnist": (sd.UNet.mnist, (28, 28, 1), 60_000),
-    "cifar10": (sd.UNet.cifar10, (32, 32, 3), 50_000),
+    "mnist": (sd.nn.UNet.mnist, (28, 28, 1), 60_000),
+    "cifar10": (sd.nn.UNet.cifar10, (32, 32, 3), 50_000),
 }
 
 

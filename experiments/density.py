@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
 def union_model(args, sde) -> tuple[sd.EpsilonScore, dict]:
     """two_moons.py's union model (width 128, depth 3, lr 2e-3, 200 warm-up
     steps, batch 256, 20 000 points of both moons from its seed's third key)."""
-    network = sd.MLP(2, width=128, depth=3, key=jax.random.key(0))
+    network = sd.nn.MLP(2, width=128, depth=3, key=jax.random.key(0))
     optimizer = sd.make_optimizer(2e-3, warmup_steps=200)
     state = sd.init_train_state(network, optimizer, seed=args.seed)
     shared = args.two_moons_dir / "checkpoints" / "union.eqx"

@@ -181,11 +181,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def make_unet(kind: str, key) -> sd.UNet:
+def make_unet(kind: str, key) -> sd.nn.UNet:
     if kind == "small":
-        return sd.UNet.mnist(key=key)
+        return sd.nn.UNet.mnist(key=key)
     if kind == "large":
-        return sd.UNet(
+        return sd.nn.UNet(
             (28, 28, 1), base_channels=64, channel_mults=(1, 2, 2),
             num_res_blocks=2, attention_resolutions=(14,), dropout=0.1,
             num_groups=16, num_heads=4, key=key,
@@ -240,7 +240,7 @@ def draw(
 
 
 def train_classifier(train, test, out, preset, seed, progress, position=None):
-    classifier = sd.Classifier(key=jax.random.key(seed + 100))
+    classifier = sd.nn.Classifier(key=jax.random.key(seed + 100))
     optimizer = sd.make_optimizer(1e-3, warmup_steps=100)
     state = sd.init_train_state(classifier, optimizer, seed=seed + 100)
     batches = iter(sd.image_batches(train, 128, seed=seed + 100))

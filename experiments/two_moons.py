@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_model(name, data, sde, args, key):
-    network = sd.MLP(2, width=args.width, depth=args.depth, key=key)
+    network = sd.nn.MLP(2, width=args.width, depth=args.depth, key=key)
     optimizer = sd.make_optimizer(args.lr, warmup_steps=200)
     state = sd.init_train_state(network, optimizer, seed=args.seed)
     state, history = sd.fit(

@@ -10,7 +10,7 @@ import superdiff as sd
 
 
 def _tiny(key=0, **kwargs):
-    return sd.Classifier(
+    return sd.nn.Classifier(
         (8, 8, 1), num_classes=3, channels=(4, 8, 8), hidden=16,
         key=jax.random.key(key), **kwargs,
     )  # fmt: skip
@@ -24,9 +24,9 @@ def test_classifier_shapes_and_errors():
     with pytest.raises(ValueError, match=r"\(8, 8, 1\).*got shape \(2, 8, 8, 1\)"):
         model(jnp.zeros((2, 8, 8, 1)))
     with pytest.raises(ValueError, match="divisible by 4"):
-        sd.Classifier((6, 6, 1), key=jax.random.key(0))
+        sd.nn.Classifier((6, 6, 1), key=jax.random.key(0))
     with pytest.raises(ValueError, match="dropout"):
-        sd.Classifier(dropout=1.0, key=jax.random.key(0))
+        sd.nn.Classifier(dropout=1.0, key=jax.random.key(0))
 
 
 def test_dropout_only_with_a_key():

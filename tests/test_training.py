@@ -14,7 +14,7 @@ import superdiff as sd
 
 def _setup(seed=0, width=16):
     sde = sd.VPSDE()
-    net = sd.MLP(2, width=width, depth=1, key=jax.random.key(seed))
+    net = sd.nn.MLP(2, width=width, depth=1, key=jax.random.key(seed))
     optimizer = sd.make_optimizer(1e-3, warmup_steps=5)
     state = sd.init_train_state(net, optimizer, seed=seed)
     data = sd.two_moons(256, key=jax.random.key(1))

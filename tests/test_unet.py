@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import superdiff as sd
-from superdiff._nets import channels_last_conv
+from superdiff.nn._conv import channels_last_conv
 
 
 # Compiling, not running, is what these tests spend their time on, so they (1) draw
@@ -36,7 +36,7 @@ def _fast_jit(fn: Callable, level: int = 0) -> Callable:
     return lambda *args: jitted(*eqx.partition(args, eqx.is_array))
 
 
-def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.UNet:
+def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.nn.UNet:
     config: dict[str, Any] = dict(
         base_channels=8,
         channel_mults=(1, 2),
@@ -47,11 +47,11 @@ def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.UNet:
         num_heads=2,
     )
     config.update(kwargs)
-    return sd.UNet(image_shape, **config, key=_key(0))
+    return sd.nn.UNet(image_shape, **config, key=_key(0))
 
 
 @pytest.fixture(scope="module")
-def unet() -> sd.UNet:
+def unet() -> sd.nn.UNet:
     return _tiny()
 
 
@@ -81,7 +81,10 @@ def test_output_has_the_input_shape(image_shape, channel_mults, attention):
 
 @pytest.mark.parametrize(
     "preset, image_shape, num_params",
-    [(sd.UNet.mnist, (28, 28, 1), 686_513), (sd.UNet.cifar10, (32, 32, 3), 35_744_771)],
+    [
+        (sd.nn.UNet.mnist, (28, 28, 1), 686_513),
+        (sd.nn.UNet.cifar10, (32, 32, 3), 35_744_771),
+    ],
 )
 def test_presets_by_shape_only(preset, image_shape, num_params):
     # `filter_eval_shape` traces initialisation and the call without computing.

@@ -4,14 +4,10 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
+from . import nn as nn
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
-)
-from ._classifier import (
-    Classifier as Classifier,
-    classifier_loss as classifier_loss,
-    classify as classify,
 )
 from ._data import two_moons as two_moons
 from ._density import (
@@ -64,11 +60,6 @@ from ._metrics import (
     nearest_share as nearest_share,
 )
 from ._mixture import GaussianMixture as GaussianMixture
-from ._nets import (
-    MLP as MLP,
-    EpsilonScore as EpsilonScore,
-    SinusoidalEmbedding as SinusoidalEmbedding,
-)
 from ._operators import (
     AbstractOperator as AbstractOperator,
     And as And,
@@ -78,6 +69,7 @@ from ._operators import (
     and_weights as and_weights,
     and_weights_two as and_weights_two,
 )
+from ._parameterisation import EpsilonScore as EpsilonScore
 from ._sample import Samples as Samples, sample as sample, sample_ode as sample_ode
 from ._sde import (
     VESDE as VESDE,
@@ -105,7 +97,10 @@ from ._train import (
     make_optimizer as make_optimizer,
     train_step as train_step,
 )
-from ._unet import UNet as UNet
+from .nn._classifier import (
+    classifier_loss as classifier_loss,
+    classify as classify,
+)
 
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from ._nets import channels_last_conv
+from ._conv import channels_last_conv
 
 
 class Classifier(eqx.Module):
