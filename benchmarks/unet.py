@@ -50,7 +50,7 @@ MODELS = {
 
 def pipeline_rate(source, batch_size: int, num_batches: int) -> float:
     """Images per second drawn from a fresh pipeline (after its first batch)."""
-    it = iter(sd.image_batches(source, batch_size, seed=0, with_labels=False))
+    it = iter(sd.data.image_batches(source, batch_size, seed=0, with_labels=False))
     next(it)
     tic = time.perf_counter()
     for batch in itertools.islice(it, num_batches):
@@ -79,7 +79,7 @@ def main() -> None:
     keys = jax.random.split(jax.random.key(0), 4)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (size, *shape), dtype=np.uint8)
-    source = sd.ImageArrays(images, rng.integers(0, 10, size))
+    source = sd.data.ImageArrays(images, rng.integers(0, 10, size))
     b = args.batch_size
     print(
         f"backend {jax.default_backend()}, {args.model} UNet, batch {b}, "
@@ -93,7 +93,7 @@ def main() -> None:
     states = {"pipeline": sd.init_train_state(unet, optimizer)}
     states["fixed"] = states["pipeline"]
     states["other"] = sd.init_train_state(make(key=keys[1]), optimizer)
-    batches = iter(sd.image_batches(source, b, seed=1, with_labels=False))
+    batches = iter(sd.data.image_batches(source, b, seed=1, with_labels=False))
     fixed = jax.device_put(next(batches))
 
     def train(kind):

@@ -73,7 +73,7 @@ def union_model(args, sde) -> tuple[sd.EpsilonScore, dict]:
             return sd.EpsilonScore(state.ema, sde), info
         except ValueError as err:
             print(f"not using {shared}: {err}")
-    data = sd.two_moons(
+    data = sd.data.two_moons(
         20_000, key=jax.random.split(jax.random.key(args.seed), 10)[2], moon="both"
     )
     state, _ = sd.fit(

@@ -243,7 +243,7 @@ def train_classifier(train, test, out, preset, seed, progress, position=None):
     classifier = sd.nn.Classifier(key=jax.random.key(seed + 100))
     optimizer = sd.make_optimizer(1e-3, warmup_steps=100)
     state = sd.init_train_state(classifier, optimizer, seed=seed + 100)
-    batches = iter(sd.image_batches(train, 128, seed=seed + 100))
+    batches = iter(sd.data.image_batches(train, 128, seed=seed + 100))
     state, _ = sd.fit(
         state, batches, sd.classifier_loss, optimizer, preset.classifier_steps,
         ema_decay=0.99, checkpoint_path=out / "checkpoints" / "classifier.eqx",
@@ -251,7 +251,7 @@ def train_classifier(train, test, out, preset, seed, progress, position=None):
         progress=progress, description="classifier", position=position,
     )  # fmt: skip
     test_images = np.concatenate(
-        list(sd.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
+        list(sd.data.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
     )  # fmt: skip
     logits, features = sd.classify(state.ema, test_images)
     accuracy = float(np.mean(np.argmax(logits, 1) == test.labels))
@@ -268,9 +268,9 @@ def train_model(name, classes, train, sde, out, preset, seed, progress, position
     unet = make_unet(preset.unet, jax.random.fold_in(key, len(name)))
     optimizer = sd.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
     state = sd.init_train_state(unet, optimizer, seed=seed)
-    source = sd.select_classes(train, classes)
+    source = sd.data.select_classes(train, classes)
     batches = iter(
-        sd.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
+        sd.data.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
     )
     grid_noise = jax.random.normal(jax.random.key(seed + 7), (16, 28, 28, 1))
 
@@ -363,8 +363,8 @@ def main():
     print(f"preset {args.preset}: {preset}")
     tic = time.perf_counter()
 
-    train = sd.load_images("mnist", "train", args.data_dir)
-    test = sd.load_images("mnist", "test", args.data_dir)
+    train = sd.data.load_images("mnist", "train", args.data_dir)
+    test = sd.data.load_images("mnist", "test", args.data_dir)
     sde = sd.VPSDE()
     seed = args.seed
     n, keys = preset.num_samples, jax.random.split(jax.random.key(seed + 1000), 8)

@@ -44,11 +44,11 @@ def test_classifier_learns_a_separable_task():
     images = rng.integers(0, 60, (300, 8, 8, 1))
     for k in range(3):
         images[labels == k, 3 * k : 3 * k + 2] += 180
-    source = sd.ImageArrays(images.astype(np.uint8), labels)
+    source = sd.data.ImageArrays(images.astype(np.uint8), labels)
     model = _tiny()
     optimizer = sd.make_optimizer(3e-3, warmup_steps=10)
     state = sd.init_train_state(model, optimizer)
-    batches = iter(sd.image_batches(source, 32, seed=0))
+    batches = iter(sd.data.image_batches(source, 32, seed=0))
     state, history = sd.fit(
         state, batches, sd.classifier_loss, optimizer, 60, log_every=20, progress=False
     )

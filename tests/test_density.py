@@ -76,16 +76,16 @@ def test_energy_distance():
 
 def test_two_moons_and_nearest_share():
     key = jax.random.split(jax.random.key(0), 3)
-    upper = sd.two_moons(500, key=key[0], moon="upper")
-    lower = sd.two_moons(500, key=key[1], moon="lower")
-    both = sd.two_moons(4000, key=key[2])
+    upper = sd.data.two_moons(500, key=key[0], moon="upper")
+    lower = sd.data.two_moons(500, key=key[1], moon="lower")
+    both = sd.data.two_moons(4000, key=key[2])
     assert upper.shape == (500, 2)
     assert float(sd.nearest_share(upper, upper, lower)) > 0.99
     assert float(sd.nearest_share(lower, upper, lower)) < 0.01
     share = float(sd.nearest_share(both, upper, lower))
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / 4000) + 0.01
     with pytest.raises(ValueError, match="moon"):
-        sd.two_moons(10, key=key[0], moon="left")
+        sd.data.two_moons(10, key=key[0], moon="left")
 
 
 # ------------------------------------------------------------------- bits/dim

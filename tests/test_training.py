@@ -17,7 +17,7 @@ def _setup(seed=0, width=16):
     net = sd.nn.MLP(2, width=width, depth=1, key=jax.random.key(seed))
     optimizer = sd.make_optimizer(1e-3, warmup_steps=5)
     state = sd.init_train_state(net, optimizer, seed=seed)
-    data = sd.two_moons(256, key=jax.random.key(1))
+    data = sd.data.two_moons(256, key=jax.random.key(1))
     return sde, optimizer, state, sd.ArraySampler(data, 32)
 
 
@@ -120,7 +120,7 @@ def test_resume_restores_the_data_iterator(tmp_path):
     # resume, so the resumed run trains on the same batches as a straight one.
     sde, optimizer, state0, _ = _setup()
     rng = np.random.default_rng(0)
-    images = sd.ImageArrays(
+    images = sd.data.ImageArrays(
         rng.integers(0, 256, (64, 1, 2, 1), dtype=np.uint8), np.zeros(64, np.int64)
     )
     flat = lambda model, batch, key: sd.batch_dsm_loss(
@@ -128,7 +128,7 @@ def test_resume_restores_the_data_iterator(tmp_path):
     )
 
     def batches():
-        return iter(sd.image_batches(images, 16, seed=3, with_labels=False))
+        return iter(sd.data.image_batches(images, 16, seed=3, with_labels=False))
 
     straight, _ = sd.fit(state0, batches(), flat, optimizer, 12, progress=False)
     path = tmp_path / "run.eqx"

@@ -4,12 +4,11 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
-from . import nn as nn
+from . import data as data, nn as nn
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
 )
-from ._data import two_moons as two_moons
 from ._density import (
     AbstractDivergence as AbstractDivergence,
     BitsPerDim as BitsPerDim,
@@ -42,14 +41,6 @@ from ._guidance import (
     sample_prior_guided as sample_prior_guided,
     score_alignment as score_alignment,
     time_grid as time_grid,
-)
-from ._images import (
-    DataNotFoundError as DataNotFoundError,
-    ImageArrays as ImageArrays,
-    ImageSource as ImageSource,
-    image_batches as image_batches,
-    load_images as load_images,
-    select_classes as select_classes,
 )
 from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
 from ._metrics import (
