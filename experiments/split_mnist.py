@@ -253,7 +253,7 @@ def train_classifier(train, test, out, preset, seed, progress, position=None):
     test_images = np.concatenate(
         list(sd.data.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
     )  # fmt: skip
-    logits, features = sd.classify(state.ema, test_images)
+    logits, features = sd.metrics.classify(state.ema, test_images)
     accuracy = float(np.mean(np.argmax(logits, 1) == test.labels))
     tqdm.write(f"classifier: test accuracy {accuracy:.4f}")
     if accuracy < 0.99:
@@ -307,15 +307,15 @@ def train_model(name, classes, train, sde, out, preset, seed, progress, position
 
 
 def evaluate(x, classifier, test_features):
-    logits, features = sd.classify(classifier, x)
-    histogram = sd.class_histogram(logits)
+    logits, features = sd.metrics.classify(classifier, x)
+    histogram = sd.metrics.class_histogram(logits)
     return {
         "histogram": [round(float(h), 4) for h in histogram],
         "digits_covered": int(np.sum(histogram >= 0.02)),
         "share_0_4": float(histogram[:5].sum()),
         "tv_to_uniform": float(0.5 * np.abs(histogram - 0.1).sum()),
-        "frechet": sd.frechet_distance(features, test_features),
-        "confident": sd.confident_share(logits),
+        "frechet": sd.metrics.frechet_distance(features, test_features),
+        "confident": sd.metrics.confident_share(logits),
     }
 
 

@@ -122,9 +122,11 @@ def main() -> None:
         samples[name] = out.x
         record = {
             "share_nearer_upper": float(
-                sd.nearest_share(out.x, test_upper, test_lower)
+                sd.metrics.nearest_share(out.x, test_upper, test_lower)
             ),
-            "energy_distance_to_two_moons": float(sd.energy_distance(out.x, test_both)),
+            "energy_distance_to_two_moons": float(
+                sd.metrics.energy_distance(out.x, test_both)
+            ),
             "sampling_seconds": seconds,
         }
         if name == "SuperDiff AND":
@@ -134,7 +136,7 @@ def main() -> None:
         results[name] = record
         print(f"{name:>16}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
 
-    floor = float(sd.energy_distance(test_both, both[: args.num_samples]))
+    floor = float(sd.metrics.energy_distance(test_both, both[: args.num_samples]))
     metrics = {
         "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()

@@ -4,7 +4,7 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
-from . import data as data, nn as nn
+from . import data as data, metrics as metrics, nn as nn
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
@@ -43,13 +43,6 @@ from ._guidance import (
     time_grid as time_grid,
 )
 from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
-from ._metrics import (
-    class_histogram as class_histogram,
-    confident_share as confident_share,
-    energy_distance as energy_distance,
-    frechet_distance as frechet_distance,
-    nearest_share as nearest_share,
-)
 from ._mixture import GaussianMixture as GaussianMixture
 from ._operators import (
     AbstractOperator as AbstractOperator,
@@ -88,10 +81,7 @@ from ._train import (
     make_optimizer as make_optimizer,
     train_step as train_step,
 )
-from .nn._classifier import (
-    classifier_loss as classifier_loss,
-    classify as classify,
-)
+from .nn._classifier import classifier_loss as classifier_loss
 
 
 __version__ = "0.1.0"
