@@ -88,11 +88,11 @@ def main() -> None:
 
     # Training: fed by the pipeline vs one fixed batch already in memory.
     unet = make(key=keys[0])
-    optimizer = sd.make_optimizer(2e-4)
-    loss_fn = sd.dsm_objective(sde, dropout=True)
-    states = {"pipeline": sd.init_train_state(unet, optimizer)}
+    optimizer = sd.train.make_optimizer(2e-4)
+    loss_fn = sd.train.dsm_objective(sde, dropout=True)
+    states = {"pipeline": sd.train.init_train_state(unet, optimizer)}
     states["fixed"] = states["pipeline"]
-    states["other"] = sd.init_train_state(make(key=keys[1]), optimizer)
+    states["other"] = sd.train.init_train_state(make(key=keys[1]), optimizer)
     batches = iter(sd.data.image_batches(source, b, seed=1, with_labels=False))
     fixed = jax.device_put(next(batches))
 
@@ -101,7 +101,7 @@ def main() -> None:
             state, losses = states[kind], []
             for _ in range(args.train_steps):
                 batch = next(batches) if kind == "pipeline" else fixed
-                state, loss = sd.train_step(state, batch, loss_fn, optimizer)
+                state, loss = sd.train.train_step(state, batch, loss_fn, optimizer)
                 losses.append(loss)
             states[kind] = state
             return losses

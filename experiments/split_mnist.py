@@ -241,11 +241,11 @@ def draw(
 
 def train_classifier(train, test, out, preset, seed, progress, position=None):
     classifier = sd.nn.Classifier(key=jax.random.key(seed + 100))
-    optimizer = sd.make_optimizer(1e-3, warmup_steps=100)
-    state = sd.init_train_state(classifier, optimizer, seed=seed + 100)
+    optimizer = sd.train.make_optimizer(1e-3, warmup_steps=100)
+    state = sd.train.init_train_state(classifier, optimizer, seed=seed + 100)
     batches = iter(sd.data.image_batches(train, 128, seed=seed + 100))
-    state, _ = sd.fit(
-        state, batches, sd.classifier_loss, optimizer, preset.classifier_steps,
+    state, _ = sd.train.fit(
+        state, batches, sd.train.classifier_loss, optimizer, preset.classifier_steps,
         ema_decay=0.99, checkpoint_path=out / "checkpoints" / "classifier.eqx",
         checkpoint_every=500, log_path=out / "logs" / "classifier.jsonl",
         progress=progress, description="classifier", position=position,
@@ -266,8 +266,8 @@ def train_classifier(train, test, out, preset, seed, progress, position=None):
 def train_model(name, classes, train, sde, out, preset, seed, progress, position=None):
     key = jax.random.key(seed)
     unet = make_unet(preset.unet, jax.random.fold_in(key, len(name)))
-    optimizer = sd.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
-    state = sd.init_train_state(unet, optimizer, seed=seed)
+    optimizer = sd.train.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
+    state = sd.train.init_train_state(unet, optimizer, seed=seed)
     source = sd.data.select_classes(train, classes)
     batches = iter(
         sd.data.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
@@ -292,8 +292,8 @@ def train_model(name, classes, train, sde, out, preset, seed, progress, position
         return None
 
     tic = time.perf_counter()
-    state, _ = sd.fit(
-        state, batches, sd.dsm_objective(sde, dropout=True), optimizer,
+    state, _ = sd.train.fit(
+        state, batches, sd.train.dsm_objective(sde, dropout=True), optimizer,
         preset.train_steps, ema_decay=0.999 if preset.train_steps > 5000 else 0.99,
         checkpoint_path=out / "checkpoints" / f"{name}.eqx",
         checkpoint_every=100, log_path=out / "logs" / f"{name}.jsonl",

@@ -63,12 +63,12 @@ def parse_args() -> argparse.Namespace:
 
 def train_model(name, data, sde, args, key):
     network = sd.nn.MLP(2, width=args.width, depth=args.depth, key=key)
-    optimizer = sd.make_optimizer(args.lr, warmup_steps=200)
-    state = sd.init_train_state(network, optimizer, seed=args.seed)
-    state, history = sd.fit(
+    optimizer = sd.train.make_optimizer(args.lr, warmup_steps=200)
+    state = sd.train.init_train_state(network, optimizer, seed=args.seed)
+    state, history = sd.train.fit(
         state,
-        sd.ArraySampler(data, args.batch_size),
-        sd.dsm_objective(sde),
+        sd.train.ArraySampler(data, args.batch_size),
+        sd.train.dsm_objective(sde),
         optimizer,
         args.train_steps,
         checkpoint_path=args.out / "checkpoints" / f"{name}.eqx",

@@ -46,11 +46,17 @@ def test_classifier_learns_a_separable_task():
         images[labels == k, 3 * k : 3 * k + 2] += 180
     source = sd.data.ImageArrays(images.astype(np.uint8), labels)
     model = _tiny()
-    optimizer = sd.make_optimizer(3e-3, warmup_steps=10)
-    state = sd.init_train_state(model, optimizer)
+    optimizer = sd.train.make_optimizer(3e-3, warmup_steps=10)
+    state = sd.train.init_train_state(model, optimizer)
     batches = iter(sd.data.image_batches(source, 32, seed=0))
-    state, history = sd.fit(
-        state, batches, sd.classifier_loss, optimizer, 60, log_every=20, progress=False
+    state, history = sd.train.fit(
+        state,
+        batches,
+        sd.train.classifier_loss,
+        optimizer,
+        60,
+        log_every=20,
+        progress=False,
     )
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     scaled = images.astype(np.float32) / 127.5 - 1

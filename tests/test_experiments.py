@@ -92,7 +92,7 @@ def test_split_mnist_presets_build_a_trainable_unet(preset):
         module["make_unet"], settings.unet, key=jax.random.key(0)
     )
     batch = jax.ShapeDtypeStruct((settings.batch_size, 28, 28, 1), jnp.float32)
-    loss_fn = sd.dsm_objective(sd.VPSDE(), dropout=True)
+    loss_fn = sd.train.dsm_objective(sd.VPSDE(), dropout=True)
     loss, grads = eqx.filter_eval_shape(
         eqx.filter_value_and_grad(loss_fn), unet, batch, jax.random.key(1)
     )

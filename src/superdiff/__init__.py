@@ -4,11 +4,7 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
-from . import data as data, metrics as metrics, nn as nn
-from ._checkpoint import (
-    load_checkpoint as load_checkpoint,
-    save_checkpoint as save_checkpoint,
-)
+from . import data as data, metrics as metrics, nn as nn, train as train
 from ._density import (
     AbstractDivergence as AbstractDivergence,
     BitsPerDim as BitsPerDim,
@@ -42,7 +38,6 @@ from ._guidance import (
     score_alignment as score_alignment,
     time_grid as time_grid,
 )
-from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
 from ._mixture import GaussianMixture as GaussianMixture
 from ._operators import (
     AbstractOperator as AbstractOperator,
@@ -71,17 +66,6 @@ from ._terms import (
     probability_flow_term as probability_flow_term,
     reverse_sde_terms as reverse_sde_terms,
 )
-from ._train import (
-    ArraySampler as ArraySampler,
-    TrainState as TrainState,
-    dsm_objective as dsm_objective,
-    ema_update as ema_update,
-    fit as fit,
-    init_train_state as init_train_state,
-    make_optimizer as make_optimizer,
-    train_step as train_step,
-)
-from .nn._classifier import classifier_loss as classifier_loss
 
 
 __version__ = "0.1.0"

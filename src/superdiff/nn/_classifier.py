@@ -13,8 +13,7 @@ import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._conv import channels_last_conv
 
@@ -103,16 +102,3 @@ class Classifier(eqx.Module):
             keep = jax.random.bernoulli(key, 1 - self.dropout, features.shape)
             features = jnp.where(keep, features / (1 - self.dropout), 0)
         return self.head(features)
-
-
-def classifier_loss(
-    model: Classifier,
-    batch: tuple[Float[Array, "b h w c"], Int[Array, " b"]],
-    key: PRNGKeyArray,
-) -> Float[Array, ""]:
-    """Mean cross-entropy of a batch `(images, labels)`, with dropout; a loss for
-    `fit`, which feeds it the `(images, labels)` batches of `image_batches`."""
-    images, labels = batch
-    keys = jax.random.split(key, images.shape[0])
-    logits = jax.vmap(lambda x, k: model(x, key=k))(images, keys)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
