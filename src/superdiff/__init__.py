@@ -4,7 +4,13 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
-from . import data as data, metrics as metrics, nn as nn, train as train
+from . import (
+    data as data,
+    experiment as experiment,
+    metrics as metrics,
+    nn as nn,
+    train as train,
+)
 from ._density import (
     AbstractDivergence as AbstractDivergence,
     BitsPerDim as BitsPerDim,
