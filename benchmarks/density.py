@@ -30,7 +30,7 @@ from sampling import timed_interleaved
 def variants(dim, width, num, steps, exact_num, exact_steps, key):
     sde = sd.VPSDE()
     k_model, k_x, k_run = jax.random.split(key, 3)
-    model = sd.EpsilonScore(sd.MLP(dim, width=width, depth=3, key=k_model), sde)
+    model = sd.EpsilonScore(sd.nn.MLP(dim, width=width, depth=3, key=k_model), sde)
     x1 = jax.random.normal(k_x, (num, dim))
     x_small = x1[:exact_num]
 

@@ -66,8 +66,8 @@ def main() -> None:
 
     sde = sd.VPSDE()
     keys = jax.random.split(jax.random.key(0), 4)
-    model_a = sd.EpsilonScore(sd.MLP(2, width=128, depth=3, key=keys[0]), sde)
-    model_b = sd.EpsilonScore(sd.MLP(2, width=128, depth=3, key=keys[1]), sde)
+    model_a = sd.EpsilonScore(sd.nn.MLP(2, width=128, depth=3, key=keys[0]), sde)
+    model_b = sd.EpsilonScore(sd.nn.MLP(2, width=128, depth=3, key=keys[1]), sde)
     x1 = jax.random.normal(keys[2], (args.num_samples, 2))
     key = keys[3]
     n, r = args.num_steps, args.repeats

@@ -43,14 +43,14 @@ from sampling import timed_interleaved
 
 
 MODELS = {
-    "mnist": (sd.UNet.mnist, (28, 28, 1), 60_000),
-    "cifar10": (sd.UNet.cifar10, (32, 32, 3), 50_000),
+    "mnist": (sd.nn.UNet.mnist, (28, 28, 1), 60_000),
+    "cifar10": (sd.nn.UNet.cifar10, (32, 32, 3), 50_000),
 }
 
 
 def pipeline_rate(source, batch_size: int, num_batches: int) -> float:
     """Images per second drawn from a fresh pipeline (after its first batch)."""
-    it = iter(sd.image_batches(source, batch_size, seed=0, with_labels=False))
+    it = iter(sd.data.image_batches(source, batch_size, seed=0, with_labels=False))
     next(it)
     tic = time.perf_counter()
     for batch in itertools.islice(it, num_batches):
@@ -79,7 +79,7 @@ def main() -> None:
     keys = jax.random.split(jax.random.key(0), 4)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (size, *shape), dtype=np.uint8)
-    source = sd.ImageArrays(images, rng.integers(0, 10, size))
+    source = sd.data.ImageArrays(images, rng.integers(0, 10, size))
     b = args.batch_size
     print(
         f"backend {jax.default_backend()}, {args.model} UNet, batch {b}, "
@@ -88,12 +88,12 @@ def main() -> None:
 
     # Training: fed by the pipeline vs one fixed batch already in memory.
     unet = make(key=keys[0])
-    optimizer = sd.make_optimizer(2e-4)
-    loss_fn = sd.dsm_objective(sde, dropout=True)
-    states = {"pipeline": sd.init_train_state(unet, optimizer)}
+    optimizer = sd.train.make_optimizer(2e-4)
+    loss_fn = sd.train.dsm_objective(sde, dropout=True)
+    states = {"pipeline": sd.train.init_train_state(unet, optimizer)}
     states["fixed"] = states["pipeline"]
-    states["other"] = sd.init_train_state(make(key=keys[1]), optimizer)
-    batches = iter(sd.image_batches(source, b, seed=1, with_labels=False))
+    states["other"] = sd.train.init_train_state(make(key=keys[1]), optimizer)
+    batches = iter(sd.data.image_batches(source, b, seed=1, with_labels=False))
     fixed = jax.device_put(next(batches))
 
     def train(kind):
@@ -101,7 +101,7 @@ def main() -> None:
             state, losses = states[kind], []
             for _ in range(args.train_steps):
                 batch = next(batches) if kind == "pipeline" else fixed
-                state, loss = sd.train_step(state, batch, loss_fn, optimizer)
+                state, loss = sd.train.train_step(state, batch, loss_fn, optimizer)
                 losses.append(loss)
             states[kind] = state
             return losses

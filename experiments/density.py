@@ -69,24 +69,24 @@ def parse_args() -> argparse.Namespace:
 def union_model(args, sde) -> tuple[sd.EpsilonScore, dict]:
     """two_moons.py's union model (width 128, depth 3, lr 2e-3, 200 warm-up
     steps, batch 256, 20 000 points of both moons from its seed's third key)."""
-    network = sd.MLP(2, width=128, depth=3, key=jax.random.key(0))
-    optimizer = sd.make_optimizer(2e-3, warmup_steps=200)
-    state = sd.init_train_state(network, optimizer, seed=args.seed)
+    network = sd.nn.MLP(2, width=128, depth=3, key=jax.random.key(0))
+    optimizer = sd.train.make_optimizer(2e-3, warmup_steps=200)
+    state = sd.train.init_train_state(network, optimizer, seed=args.seed)
     shared = args.two_moons_dir / "checkpoints" / "union.eqx"
     if shared.is_file():
         try:
-            state, _ = sd.load_checkpoint(shared, state)
+            state, _ = sd.train.load_checkpoint(shared, state)
             info = {"source": str(shared), "train_steps": int(state.step)}
             return sd.EpsilonScore(state.ema, sde), info
         except ValueError as err:
             print(f"not using {shared}: {err}")
-    data = sd.two_moons(
+    data = sd.data.two_moons(
         20_000, key=jax.random.split(jax.random.key(args.seed), 10)[2], moon="both"
     )
-    state, _ = sd.fit(
+    state, _ = sd.train.fit(
         state,
-        sd.ArraySampler(data, 256),
-        sd.dsm_objective(sde),
+        sd.train.ArraySampler(data, 256),
+        sd.train.dsm_objective(sde),
         optimizer,
         args.train_steps,
         checkpoint_path=args.out / "checkpoints" / "union.eqx",

@@ -25,7 +25,6 @@ resumes where it stopped, and a finished model is reused.
 """
 
 import argparse
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -33,9 +32,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import diffrax as dfx
 import jax
@@ -49,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import superdiff as sd  # noqa: E402
+from superdiff.experiment import Job, run_jobs, timed  # noqa: E402
 
 
 LOW, HIGH, ALL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10))
@@ -86,81 +84,6 @@ PRESETS = {
 }  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """A unit of work for `run_jobs`: `fn(*results, position=line)`, where `results`
-    are those of the jobs named in `needs`, in that order."""
-
-    fn: Callable[..., Any]
-    needs: tuple[str, ...] = ()
-
-
-def run_jobs(
-    given: Mapping[str, Job | Callable[..., Any]], workers: int
-) -> dict[str, Any]:
-    """Run jobs, at most `workers` at a time, each in a thread of its own; returns
-    their results by name, in the order given. A plain callable is a job that needs
-    nothing. A job may need only jobs listed before it, and starts once they have
-    finished: whenever a worker is free it takes the first job in the order given
-    whose needs are met. A job is called with `position`, the terminal line of its
-    progress bar (`None` when they run one at a time). The first job to fail is
-    raised at once, as itself; the others are left to the caller's exit.
-
-    XLA:CPU runs each convolution on one core, so on a CPU two jobs side by side
-    use both cores: on this project's 2-core machine two UNet trainings in two
-    threads took 0.77-0.82 of the time of one after the other, and two samplings
-    0.64-0.74 (`benchmarks/unet.py`). On an accelerator use one worker."""
-    jobs = {n: j if isinstance(j, Job) else Job(j) for n, j in given.items()}
-    names = list(jobs)
-    for i, (name, job) in enumerate(jobs.items()):
-        if unknown := [n for n in job.needs if n not in names[:i]]:
-            raise ValueError(
-                f"Job {name!r} needs {unknown}, which are not jobs listed before it; "
-                f"a job may only need earlier ones. The jobs, in order: {names}."
-            )
-    results: dict[str, Any] = {}
-    if workers == 1:
-        for name, job in jobs.items():
-            results[name] = job.fn(*(results[n] for n in job.needs), position=None)
-        return results
-    # The first pending job's needs are all earlier jobs, finished or running, so
-    # some job is always running or ready: no deadlock.
-    pending, lines = list(names), list(range(workers))
-    running: dict[concurrent.futures.Future, tuple[str, int]] = {}
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
-    try:
-        while pending or running:
-            ready = [n for n in pending if all(d in results for d in jobs[n].needs)]
-            for name in ready[: workers - len(running)]:
-                pending.remove(name)
-                line, needed = lines.pop(0), (results[n] for n in jobs[name].needs)
-                future = pool.submit(jobs[name].fn, *needed, position=line)
-                running[future] = (name, line)
-            done, _ = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                name, line = running.pop(future)
-                lines = sorted([*lines, line])
-                results[name] = future.result()  # a failure is raised here
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return {name: results[name] for name in names}
-
-
-def _timed(fn, name: str, spans: dict, tic: float):
-    """`fn`, recording into `spans[name]` when it started and ended (seconds since
-    `tic`)."""
-
-    def run(*args, position=None):
-        start = time.perf_counter() - tic
-        result = fn(*args, position=position)
-        spans[name] = (round(start, 1), round(time.perf_counter() - tic, 1))
-        return result
-
-    return run
-
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n")[0],
@@ -181,11 +104,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def make_unet(kind: str, key) -> sd.UNet:
+def make_unet(kind: str, key) -> sd.nn.UNet:
     if kind == "small":
-        return sd.UNet.mnist(key=key)
+        return sd.nn.UNet.mnist(key=key)
     if kind == "large":
-        return sd.UNet(
+        return sd.nn.UNet(
             (28, 28, 1), base_channels=64, channel_mults=(1, 2, 2),
             num_res_blocks=2, attention_resolutions=(14,), dropout=0.1,
             num_groups=16, num_heads=4, key=key,
@@ -240,20 +163,20 @@ def draw(
 
 
 def train_classifier(train, test, out, preset, seed, progress, position=None):
-    classifier = sd.Classifier(key=jax.random.key(seed + 100))
-    optimizer = sd.make_optimizer(1e-3, warmup_steps=100)
-    state = sd.init_train_state(classifier, optimizer, seed=seed + 100)
-    batches = iter(sd.image_batches(train, 128, seed=seed + 100))
-    state, _ = sd.fit(
-        state, batches, sd.classifier_loss, optimizer, preset.classifier_steps,
+    classifier = sd.nn.Classifier(key=jax.random.key(seed + 100))
+    optimizer = sd.train.make_optimizer(1e-3, warmup_steps=100)
+    state = sd.train.init_train_state(classifier, optimizer, seed=seed + 100)
+    batches = iter(sd.data.image_batches(train, 128, seed=seed + 100))
+    state, _ = sd.train.fit(
+        state, batches, sd.train.classifier_loss, optimizer, preset.classifier_steps,
         ema_decay=0.99, checkpoint_path=out / "checkpoints" / "classifier.eqx",
         checkpoint_every=500, log_path=out / "logs" / "classifier.jsonl",
         progress=progress, description="classifier", position=position,
     )  # fmt: skip
     test_images = np.concatenate(
-        list(sd.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
+        list(sd.data.image_batches(test, 1000, shuffle=False, num_epochs=1, drop_remainder=False, with_labels=False))
     )  # fmt: skip
-    logits, features = sd.classify(state.ema, test_images)
+    logits, features = sd.metrics.classify(state.ema, test_images)
     accuracy = float(np.mean(np.argmax(logits, 1) == test.labels))
     tqdm.write(f"classifier: test accuracy {accuracy:.4f}")
     if accuracy < 0.99:
@@ -266,11 +189,11 @@ def train_classifier(train, test, out, preset, seed, progress, position=None):
 def train_model(name, classes, train, sde, out, preset, seed, progress, position=None):
     key = jax.random.key(seed)
     unet = make_unet(preset.unet, jax.random.fold_in(key, len(name)))
-    optimizer = sd.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
-    state = sd.init_train_state(unet, optimizer, seed=seed)
-    source = sd.select_classes(train, classes)
+    optimizer = sd.train.make_optimizer(preset.lr, warmup_steps=preset.warmup_steps)
+    state = sd.train.init_train_state(unet, optimizer, seed=seed)
+    source = sd.data.select_classes(train, classes)
     batches = iter(
-        sd.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
+        sd.data.image_batches(source, preset.batch_size, seed=seed, with_labels=False)
     )
     grid_noise = jax.random.normal(jax.random.key(seed + 7), (16, 28, 28, 1))
 
@@ -292,8 +215,8 @@ def train_model(name, classes, train, sde, out, preset, seed, progress, position
         return None
 
     tic = time.perf_counter()
-    state, _ = sd.fit(
-        state, batches, sd.dsm_objective(sde, dropout=True), optimizer,
+    state, _ = sd.train.fit(
+        state, batches, sd.train.dsm_objective(sde, dropout=True), optimizer,
         preset.train_steps, ema_decay=0.999 if preset.train_steps > 5000 else 0.99,
         checkpoint_path=out / "checkpoints" / f"{name}.eqx",
         checkpoint_every=100, log_path=out / "logs" / f"{name}.jsonl",
@@ -307,15 +230,15 @@ def train_model(name, classes, train, sde, out, preset, seed, progress, position
 
 
 def evaluate(x, classifier, test_features):
-    logits, features = sd.classify(classifier, x)
-    histogram = sd.class_histogram(logits)
+    logits, features = sd.metrics.classify(classifier, x)
+    histogram = sd.metrics.class_histogram(logits)
     return {
         "histogram": [round(float(h), 4) for h in histogram],
         "digits_covered": int(np.sum(histogram >= 0.02)),
         "share_0_4": float(histogram[:5].sum()),
         "tv_to_uniform": float(0.5 * np.abs(histogram - 0.1).sum()),
-        "frechet": sd.frechet_distance(features, test_features),
-        "confident": sd.confident_share(logits),
+        "frechet": sd.metrics.frechet_distance(features, test_features),
+        "confident": sd.metrics.confident_share(logits),
     }
 
 
@@ -363,8 +286,8 @@ def main():
     print(f"preset {args.preset}: {preset}")
     tic = time.perf_counter()
 
-    train = sd.load_images("mnist", "train", args.data_dir)
-    test = sd.load_images("mnist", "test", args.data_dir)
+    train = sd.data.load_images("mnist", "train", args.data_dir)
+    test = sd.data.load_images("mnist", "test", args.data_dir)
     sde = sd.VPSDE()
     seed = args.seed
     n, keys = preset.num_samples, jax.random.split(jax.random.key(seed + 1000), 8)
@@ -407,7 +330,7 @@ def main():
         jobs[label] = Job(sampling(label, operator, keys[k]), needs)
     spans: dict[str, tuple[float, float]] = {}
     for name, job in jobs.items():
-        jobs[name] = dataclasses.replace(job, fn=_timed(job.fn, name, spans, tic))
+        jobs[name] = dataclasses.replace(job, fn=timed(job.fn, name, spans, tic))
     done = run_jobs(jobs, preset.workers)
     classifier, accuracy, test_features = done["classifier"]
     for name, (start, end) in spans.items():

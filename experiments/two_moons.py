@@ -62,13 +62,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_model(name, data, sde, args, key):
-    network = sd.MLP(2, width=args.width, depth=args.depth, key=key)
-    optimizer = sd.make_optimizer(args.lr, warmup_steps=200)
-    state = sd.init_train_state(network, optimizer, seed=args.seed)
-    state, history = sd.fit(
+    network = sd.nn.MLP(2, width=args.width, depth=args.depth, key=key)
+    optimizer = sd.train.make_optimizer(args.lr, warmup_steps=200)
+    state = sd.train.init_train_state(network, optimizer, seed=args.seed)
+    state, history = sd.train.fit(
         state,
-        sd.ArraySampler(data, args.batch_size),
-        sd.dsm_objective(sde),
+        sd.train.ArraySampler(data, args.batch_size),
+        sd.train.dsm_objective(sde),
         optimizer,
         args.train_steps,
         checkpoint_path=args.out / "checkpoints" / f"{name}.eqx",
@@ -85,12 +85,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sde = sd.VPSDE()
     keys = jax.random.split(jax.random.key(args.seed), 10)
-    upper = sd.two_moons(args.train_size, key=keys[0], moon="upper")
-    lower = sd.two_moons(args.train_size, key=keys[1], moon="lower")
-    both = sd.two_moons(args.train_size, key=keys[2], moon="both")
-    test_upper = sd.two_moons(args.num_samples, key=keys[3], moon="upper")
-    test_lower = sd.two_moons(args.num_samples, key=keys[4], moon="lower")
-    test_both = sd.two_moons(args.num_samples, key=keys[5], moon="both")
+    upper = sd.data.two_moons(args.train_size, key=keys[0], moon="upper")
+    lower = sd.data.two_moons(args.train_size, key=keys[1], moon="lower")
+    both = sd.data.two_moons(args.train_size, key=keys[2], moon="both")
+    test_upper = sd.data.two_moons(args.num_samples, key=keys[3], moon="upper")
+    test_lower = sd.data.two_moons(args.num_samples, key=keys[4], moon="lower")
+    test_both = sd.data.two_moons(args.num_samples, key=keys[5], moon="both")
 
     tic = time.perf_counter()
     model_a, hist_a = train_model("A_upper", upper, sde, args, keys[6])
@@ -122,9 +122,11 @@ def main() -> None:
         samples[name] = out.x
         record = {
             "share_nearer_upper": float(
-                sd.nearest_share(out.x, test_upper, test_lower)
+                sd.metrics.nearest_share(out.x, test_upper, test_lower)
             ),
-            "energy_distance_to_two_moons": float(sd.energy_distance(out.x, test_both)),
+            "energy_distance_to_two_moons": float(
+                sd.metrics.energy_distance(out.x, test_both)
+            ),
             "sampling_seconds": seconds,
         }
         if name == "SuperDiff AND":
@@ -134,7 +136,7 @@ def main() -> None:
         results[name] = record
         print(f"{name:>16}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
 
-    floor = float(sd.energy_distance(test_both, both[: args.num_samples]))
+    floor = float(sd.metrics.energy_distance(test_both, both[: args.num_samples]))
     metrics = {
         "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()

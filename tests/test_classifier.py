@@ -10,7 +10,7 @@ import superdiff as sd
 
 
 def _tiny(key=0, **kwargs):
-    return sd.Classifier(
+    return sd.nn.Classifier(
         (8, 8, 1), num_classes=3, channels=(4, 8, 8), hidden=16,
         key=jax.random.key(key), **kwargs,
     )  # fmt: skip
@@ -24,9 +24,9 @@ def test_classifier_shapes_and_errors():
     with pytest.raises(ValueError, match=r"\(8, 8, 1\).*got shape \(2, 8, 8, 1\)"):
         model(jnp.zeros((2, 8, 8, 1)))
     with pytest.raises(ValueError, match="divisible by 4"):
-        sd.Classifier((6, 6, 1), key=jax.random.key(0))
+        sd.nn.Classifier((6, 6, 1), key=jax.random.key(0))
     with pytest.raises(ValueError, match="dropout"):
-        sd.Classifier(dropout=1.0, key=jax.random.key(0))
+        sd.nn.Classifier(dropout=1.0, key=jax.random.key(0))
 
 
 def test_dropout_only_with_a_key():
@@ -44,17 +44,23 @@ def test_classifier_learns_a_separable_task():
     images = rng.integers(0, 60, (300, 8, 8, 1))
     for k in range(3):
         images[labels == k, 3 * k : 3 * k + 2] += 180
-    source = sd.ImageArrays(images.astype(np.uint8), labels)
+    source = sd.data.ImageArrays(images.astype(np.uint8), labels)
     model = _tiny()
-    optimizer = sd.make_optimizer(3e-3, warmup_steps=10)
-    state = sd.init_train_state(model, optimizer)
-    batches = iter(sd.image_batches(source, 32, seed=0))
-    state, history = sd.fit(
-        state, batches, sd.classifier_loss, optimizer, 60, log_every=20, progress=False
+    optimizer = sd.train.make_optimizer(3e-3, warmup_steps=10)
+    state = sd.train.init_train_state(model, optimizer)
+    batches = iter(sd.data.image_batches(source, 32, seed=0))
+    state, history = sd.train.fit(
+        state,
+        batches,
+        sd.train.classifier_loss,
+        optimizer,
+        60,
+        log_every=20,
+        progress=False,
     )
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     scaled = images.astype(np.float32) / 127.5 - 1
-    logits, features = sd.classify(state.model, scaled, batch_size=64)
+    logits, features = sd.metrics.classify(state.model, scaled, batch_size=64)
     assert logits.shape == (300, 3) and features.shape == (300, 16)
     assert np.mean(np.argmax(logits, 1) == labels) > 0.95
 
@@ -62,7 +68,9 @@ def test_classifier_learns_a_separable_task():
 def test_classify_in_padded_chunks_equals_one_batch():
     model = _tiny()
     x = jax.random.normal(jax.random.key(3), (10, 8, 8, 1))
-    logits, features = sd.classify(model, x, batch_size=4)  # chunks 4, 4, 2 (+2 pad)
+    logits, features = sd.metrics.classify(
+        model, x, batch_size=4
+    )  # chunks 4, 4, 2 (+2 pad)
     np.testing.assert_allclose(logits, jax.vmap(model)(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(features, jax.vmap(model.features)(x), rtol=1e-6)
 
@@ -77,33 +85,35 @@ def test_frechet_distance_closed_form():
     cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     root = np.real(np.asarray(scipy.linalg.sqrtm(cx @ cy)))
     ref = np.sum((mx - my) ** 2) + np.trace(cx + cy - 2 * root)
-    np.testing.assert_allclose(sd.frechet_distance(x, y), ref, rtol=1e-8)
-    np.testing.assert_allclose(sd.frechet_distance(y, x), ref, rtol=1e-8)
-    assert abs(sd.frechet_distance(x, x)) < 1e-9
+    np.testing.assert_allclose(sd.metrics.frechet_distance(x, y), ref, rtol=1e-8)
+    np.testing.assert_allclose(sd.metrics.frechet_distance(y, x), ref, rtol=1e-8)
+    assert abs(sd.metrics.frechet_distance(x, x)) < 1e-9
     # Commuting (diagonal) covariances: |Δμ|² + Σ (σ_x - σ_y)². The points are
     # whitened so that their sample mean is 0 and sample covariance exactly I.
     a = np.diag([1.0, 4.0])
     z = rng.normal(size=(1000, 2))
     z = z - z.mean(0)
     z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
-    fd = sd.frechet_distance(z @ np.sqrt(a), z @ np.sqrt(4 * a) + np.array([3.0, 0]))
+    fd = sd.metrics.frechet_distance(
+        z @ np.sqrt(a), z @ np.sqrt(4 * a) + np.array([3.0, 0])
+    )
     np.testing.assert_allclose(fd, 9 + (1 - 2) ** 2 + (2 - 4) ** 2, rtol=1e-6)
 
 
 def test_frechet_distance_errors():
     with pytest.raises(ValueError, match=r"\(n, f\) and \(m, f\); got \(3, 2\) and"):
-        sd.frechet_distance(np.zeros((3, 2)), np.zeros((3, 4)))
+        sd.metrics.frechet_distance(np.zeros((3, 2)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="at least 2"):
-        sd.frechet_distance(np.zeros((1, 2)), np.zeros((3, 2)))
+        sd.metrics.frechet_distance(np.zeros((1, 2)), np.zeros((3, 2)))
 
 
 def test_class_histogram_and_confident_share():
     logits = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 0.1], [0, 5.0, 0]])
-    np.testing.assert_array_equal(sd.class_histogram(logits), [0.25, 0.5, 0.25])
+    np.testing.assert_array_equal(sd.metrics.class_histogram(logits), [0.25, 0.5, 0.25])
     # softmax top probabilities: e^5/(e^5+2) = 0.9867 three times; ~0.35 once.
-    assert sd.confident_share(logits, 0.9) == 0.75
-    assert sd.confident_share(logits, 0.99) == 0.0
+    assert sd.metrics.confident_share(logits, 0.9) == 0.75
+    assert sd.metrics.confident_share(logits, 0.99) == 0.0
     with pytest.raises(ValueError, match="threshold"):
-        sd.confident_share(logits, 1.0)
+        sd.metrics.confident_share(logits, 1.0)
     with pytest.raises(ValueError, match=r"\(n, classes\)"):
-        sd.class_histogram(np.zeros(3))
+        sd.metrics.class_histogram(np.zeros(3))

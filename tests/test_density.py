@@ -69,27 +69,27 @@ def test_energy_distance():
     x = jax.random.normal(key[0], (1500, 2))
     y = jax.random.normal(key[1], (1500, 2))
     z = jax.random.normal(key[2], (1500, 2)) + jnp.array([1.0, 0.0])
-    same, shifted = sd.energy_distance(x, y), sd.energy_distance(x, z)
+    same, shifted = sd.metrics.energy_distance(x, y), sd.metrics.energy_distance(x, z)
     # Between N(0,I) and N((1,0),I) the population value is about 0.47; between two
     # samples of the same law it is O(1/n).
     assert float(same) < 0.02
     assert 0.35 < float(shifted) < 0.6
     with pytest.raises(ValueError, match="batches of points"):
-        sd.energy_distance(x, jnp.zeros((3, 3)))
+        sd.metrics.energy_distance(x, jnp.zeros((3, 3)))
 
 
 def test_two_moons_and_nearest_share():
     key = jax.random.split(jax.random.key(0), 3)
-    upper = sd.two_moons(500, key=key[0], moon="upper")
-    lower = sd.two_moons(500, key=key[1], moon="lower")
-    both = sd.two_moons(4000, key=key[2])
+    upper = sd.data.two_moons(500, key=key[0], moon="upper")
+    lower = sd.data.two_moons(500, key=key[1], moon="lower")
+    both = sd.data.two_moons(4000, key=key[2])
     assert upper.shape == (500, 2)
-    assert float(sd.nearest_share(upper, upper, lower)) > 0.99
-    assert float(sd.nearest_share(lower, upper, lower)) < 0.01
-    share = float(sd.nearest_share(both, upper, lower))
+    assert float(sd.metrics.nearest_share(upper, upper, lower)) > 0.99
+    assert float(sd.metrics.nearest_share(lower, upper, lower)) < 0.01
+    share = float(sd.metrics.nearest_share(both, upper, lower))
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / 4000) + 0.01
     with pytest.raises(ValueError, match="moon"):
-        sd.two_moons(10, key=key[0], moon="left")
+        sd.data.two_moons(10, key=key[0], moon="left")
 
 
 # ------------------------------------------------------------------- bits/dim

@@ -74,12 +74,12 @@ def _colour_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _identity_source(n: int) -> sd.ImageArrays:
+def _identity_source(n: int) -> sd.data.ImageArrays:
     """Example i has label i and all pixels i % 256: the label identifies it."""
     images = np.broadcast_to(
         (np.arange(n) % 256).astype(np.uint8)[:, None, None, None], (n, 2, 2, 1)
     )
-    return sd.ImageArrays(images, np.arange(n))
+    return sd.data.ImageArrays(images, np.arange(n))
 
 
 def _take(iterator, count: int) -> list:
@@ -94,7 +94,7 @@ def _take(iterator, count: int) -> list:
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_mnist_files(tmp_path, split, compress):
     images, labels = _write_mnist(tmp_path, split, 23, compress)
-    source = sd.load_images("mnist", split, tmp_path, source="files")
+    source = sd.data.load_images("mnist", split, tmp_path, source="files")
     assert len(source) == 23
     np.testing.assert_array_equal(source.labels, labels)
     for i in (0, 7, 22):
@@ -107,8 +107,8 @@ def test_mnist_files(tmp_path, split, compress):
 
 def test_mnist_files_in_a_subfolder_named_after_the_data_set(tmp_path):
     images, _ = _write_mnist(tmp_path / "mnist", "test", 5, compress=True)
-    source = sd.load_images("mnist", "test", tmp_path)  # source="auto"
-    assert isinstance(source, sd.ImageArrays)
+    source = sd.data.load_images("mnist", "test", tmp_path)  # source="auto"
+    assert isinstance(source, sd.data.ImageArrays)
     np.testing.assert_array_equal(source.images[..., 0], images)
 
 
@@ -121,12 +121,12 @@ def test_cifar10_files(tmp_path, inside):
     _write_cifar_batch(folder / "test_batch", *test)
     data_dir = folder if inside else tmp_path
     with pytest.warns(UserWarning, match="using 2 of the 5 batches"):
-        train = sd.load_images("cifar10", "train", data_dir, source="files")
+        train = sd.data.load_images("cifar10", "train", data_dir, source="files")
     assert len(train) == 10
     np.testing.assert_array_equal(train.labels, np.concatenate([first[1], second[1]]))
     np.testing.assert_array_equal(train[7]["image"], second[0][1])
     assert train[7]["image"].shape == (32, 32, 3)
-    test_source = sd.load_images("cifar10", "test", data_dir, source="files")
+    test_source = sd.data.load_images("cifar10", "test", data_dir, source="files")
     np.testing.assert_array_equal(test_source[4]["image"], test[0][4])
     assert test_source[4]["label"] == test[1][4]
 
@@ -139,7 +139,7 @@ def test_cifar10_planes_are_red_green_blue(tmp_path):
     folder.mkdir()
     with open(folder / "test_batch", "wb") as f:
         pickle.dump(batch, f, protocol=2)
-    image = sd.load_images("cifar10", "test", tmp_path)[0]["image"]
+    image = sd.data.load_images("cifar10", "test", tmp_path)[0]["image"]
     assert image.shape == (32, 32, 3)
     np.testing.assert_array_equal(image[5, 17], [10, 20, 30])
 
@@ -155,7 +155,7 @@ def test_cifar10_batch_may_hold_only_arrays(tmp_path):
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({b"data": Exploit(), b"labels": []}, f, protocol=2)
     with pytest.raises(ValueError, match=r"only numpy arrays.*\.print"):
-        sd.load_images("cifar10", "test", tmp_path)
+        sd.data.load_images("cifar10", "test", tmp_path)
 
 
 def test_corrupt_idx_files(tmp_path):
@@ -165,30 +165,30 @@ def test_corrupt_idx_files(tmp_path):
 
     image_path.write_bytes(b"\x50\x4b\x03\x04" + bytes(100))  # a zip file's magic
     with pytest.raises(ValueError, match=r"not an IDX file.*0x504b0304"):
-        sd.load_images("mnist", "test", tmp_path)
+        sd.data.load_images("mnist", "test", tmp_path)
 
     _write_idx(image_path, images, compress=False)
     image_path.write_bytes(image_path.read_bytes()[:-5])
     with pytest.raises(ValueError, match=r"truncated or corrupt.*\(4, 28, 28\)"):
-        sd.load_images("mnist", "test", tmp_path)
+        sd.data.load_images("mnist", "test", tmp_path)
 
     _write_idx(image_path, labels, compress=False)  # a labels file in its place
     with pytest.raises(ValueError, match=r"should hold MNIST images.*\(4,\)"):
-        sd.load_images("mnist", "test", tmp_path)
+        sd.data.load_images("mnist", "test", tmp_path)
 
     _write_idx(image_path, images[:3], compress=False)
     with pytest.raises(ValueError, match="has 3 images but .* has 4 labels"):
-        sd.load_images("mnist", "test", tmp_path)
+        sd.data.load_images("mnist", "test", tmp_path)
 
     image_path.write_bytes(gzip.compress(b"anything")[:12])
     with pytest.raises(ValueError, match="corrupt gzip"):
-        sd.load_images("mnist", "test", tmp_path)
+        sd.data.load_images("mnist", "test", tmp_path)
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_missing_data_names_both_ways_to_provide_it(tmp_path, name):
-    with pytest.raises(sd.DataNotFoundError) as info:
-        sd.load_images(name, "train", tmp_path)
+    with pytest.raises(sd.data.DataNotFoundError) as info:
+        sd.data.load_images(name, "train", tmp_path)
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
     # The two ways: tensorflow-datasets ...
@@ -208,17 +208,17 @@ def test_missing_data_names_both_ways_to_provide_it(tmp_path, name):
 
 
 def test_missing_data_without_a_folder():
-    with pytest.raises(sd.DataNotFoundError, match="no `data_dir` given"):
-        sd.load_images("mnist", "test", None, source="files")
+    with pytest.raises(sd.data.DataNotFoundError, match="no `data_dir` given"):
+        sd.data.load_images("mnist", "test", None, source="files")
 
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="`name` must be one of .* got 'svhn'"):
-        sd.load_images("svhn")  # pyright: ignore[reportArgumentType]
+        sd.data.load_images("svhn")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="`split` must be one of .* got 'val'"):
-        sd.load_images("mnist", "val")  # pyright: ignore[reportArgumentType]
+        sd.data.load_images("mnist", "val")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="uint8 array of shape"):
-        sd.ImageArrays(np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, int))
+        sd.data.ImageArrays(np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, int))
 
 
 # --------------------------------------------------------------------------------
@@ -227,10 +227,10 @@ def test_bad_arguments_are_named():
 
 def test_class_filter_is_an_index_map(tmp_path):
     _write_mnist(tmp_path, "train", 40, compress=True)
-    source = sd.load_images("mnist", "train", tmp_path)
-    subset = sd.select_classes(source, (0, 1, 2, 3, 4))
+    source = sd.data.load_images("mnist", "train", tmp_path)
+    subset = sd.data.select_classes(source, (0, 1, 2, 3, 4))
     assert len(subset) == 20
-    loaded = sd.load_images("mnist", "train", tmp_path, classes=(0, 1, 2, 3, 4))
+    loaded = sd.data.load_images("mnist", "train", tmp_path, classes=(0, 1, 2, 3, 4))
     np.testing.assert_array_equal(loaded.labels, subset.labels)
     np.testing.assert_array_equal(
         subset.labels, np.arange(40)[np.arange(40) % 10 < 5] % 10
@@ -240,18 +240,18 @@ def test_class_filter_is_an_index_map(tmp_path):
         assert subset[i]["label"] == source[kept[i]]["label"]
         np.testing.assert_array_equal(subset[i]["image"], source[kept[i]]["image"])
     # A view of the loaded array, not a copy.
-    assert isinstance(source, sd.ImageArrays)
+    assert isinstance(source, sd.data.ImageArrays)
     assert np.shares_memory(subset[3]["image"], source.images)
     # Filters compose.
-    assert sd.select_classes(subset, [4]).labels.tolist() == [4] * 4
+    assert sd.data.select_classes(subset, [4]).labels.tolist() == [4] * 4
 
 
 def test_class_filter_rejects_absent_or_repeated_classes():
     source = _identity_source(5)
     with pytest.raises(ValueError, match=r"labels \[7\], which no example"):
-        sd.select_classes(source, [1, 7])
+        sd.data.select_classes(source, [1, 7])
     with pytest.raises(ValueError, match="distinct"):
-        sd.select_classes(source, [1, 1])
+        sd.data.select_classes(source, [1, 1])
 
 
 # --------------------------------------------------------------------------------
@@ -262,8 +262,8 @@ def test_batches_are_scaled_to_minus_one_one():
     images = np.zeros((3, 4, 5, 3), np.uint8)
     images[1] = 255
     images[2] = np.arange(60, dtype=np.uint8).reshape(4, 5, 3) * 4
-    source = sd.ImageArrays(images, np.array([0, 1, 2]))
-    x, y = next(iter(sd.image_batches(source, 3, shuffle=False, num_epochs=1)))
+    source = sd.data.ImageArrays(images, np.array([0, 1, 2]))
+    x, y = next(iter(sd.data.image_batches(source, 3, shuffle=False, num_epochs=1)))
     assert x.shape == (3, 4, 5, 3) and x.dtype == np.float32
     assert y.dtype == np.int32 and y.tolist() == [0, 1, 2]
     assert np.all(x[0] == -1.0) and np.all(x[1] == 1.0)  # exact, not approximate
@@ -277,7 +277,8 @@ def test_batches_are_scaled_to_minus_one_one():
 def test_shuffle_is_reproducible_by_seed():
     source = _identity_source(50)
     order = lambda seed: [
-        y.tolist() for _, y in _take(iter(sd.image_batches(source, 10, seed=seed)), 10)
+        y.tolist()
+        for _, y in _take(iter(sd.data.image_batches(source, 10, seed=seed)), 10)
     ]
     first = order(0)
     assert first == order(0)
@@ -292,7 +293,7 @@ def test_shuffle_is_reproducible_by_seed():
 def test_each_epoch_shows_every_example_once(batch_size, drop_remainder):
     n, num_epochs = 37, 3
     source = _identity_source(n)
-    pipeline = sd.image_batches(
+    pipeline = sd.data.image_batches(
         source, batch_size, seed=3, num_epochs=num_epochs, drop_remainder=drop_remainder
     )
     batches = [y.tolist() for _, y in pipeline]
@@ -309,7 +310,7 @@ def test_each_epoch_shows_every_example_once(batch_size, drop_remainder):
 def test_evaluation_order_and_images_only():
     source = _identity_source(7)
     batches = list(
-        sd.image_batches(
+        sd.data.image_batches(
             source, 3, shuffle=False, num_epochs=1, drop_remainder=False,
             with_labels=False,
         )
@@ -322,15 +323,15 @@ def test_evaluation_order_and_images_only():
 
 
 def test_resumed_iterator_continues_with_the_same_batches():
-    source = sd.select_classes(_identity_source(60), range(0, 60, 2))
-    pipeline = sd.image_batches(source, 7, seed=11)  # 4 batches per epoch
+    source = sd.data.select_classes(_identity_source(60), range(0, 60, 2))
+    pipeline = sd.data.image_batches(source, 7, seed=11)  # 4 batches per epoch
     uninterrupted = iter(pipeline)
     _take(uninterrupted, 6)
     state = uninterrupted.get_state()
     expected = _take(uninterrupted, 9)  # crosses two epoch boundaries
 
     # A fresh pipeline, as after a restart, with the state through a JSON file.
-    restored = sd.image_batches(source, 7, seed=11)
+    restored = sd.data.image_batches(source, 7, seed=11)
     resumed = iter(restored)
     resumed.set_state(json.loads(json.dumps(state)))
     for (x, y), (x_expected, y_expected) in zip(
@@ -343,11 +344,11 @@ def test_resumed_iterator_continues_with_the_same_batches():
 def test_pipeline_rejects_impossible_batches():
     source = _identity_source(5)
     with pytest.raises(ValueError, match="larger than the data set"):
-        sd.image_batches(source, 6)
+        sd.data.image_batches(source, 6)
     with pytest.raises(ValueError, match="`batch_size` must be positive"):
-        sd.image_batches(source, 0)
+        sd.data.image_batches(source, 0)
     with pytest.raises(ValueError, match="`num_epochs` must be positive"):
-        sd.image_batches(source, 2, num_epochs=0)
+        sd.data.image_batches(source, 2, num_epochs=0)
 
 
 # --------------------------------------------------------------------------------
@@ -424,8 +425,8 @@ def _match(records_images, images) -> list[int]:
 @pytest.mark.parametrize("source", ["tfds", "auto"])
 def test_tfds_copy(tfds_dir, source):
     data_dir, (digits, digit_labels), (colour, colour_labels) = tfds_dir
-    mnist = sd.load_images("mnist", "train", data_dir, source=source)
-    assert len(mnist) == 30 and not isinstance(mnist, sd.ImageArrays)
+    mnist = sd.data.load_images("mnist", "train", data_dir, source=source)
+    assert len(mnist) == 30 and not isinstance(mnist, sd.data.ImageArrays)
     records = [mnist[i] for i in range(30)]
     where = _match([r["image"] for r in records], digits)
     assert sorted(where) == list(range(30))
@@ -433,7 +434,7 @@ def test_tfds_copy(tfds_dir, source):
     assert mnist.labels.tolist() == digit_labels[where].tolist()
     assert records[0]["image"].shape == (28, 28, 1)
 
-    cifar = sd.load_images("cifar10", "test", data_dir, source=source)
+    cifar = sd.data.load_images("cifar10", "test", data_dir, source=source)
     record = cifar[5]
     assert record["image"].shape == (32, 32, 3) and record["image"].dtype == np.uint8
     (j,) = _match([record["image"]], colour)
@@ -442,9 +443,11 @@ def test_tfds_copy(tfds_dir, source):
 
 def test_tfds_copy_through_the_pipeline(tfds_dir):
     data_dir, (digits, digit_labels), _ = tfds_dir
-    subset = sd.load_images("mnist", "train", data_dir, source="tfds", classes=[1, 2])
+    subset = sd.data.load_images(
+        "mnist", "train", data_dir, source="tfds", classes=[1, 2]
+    )
     assert len(subset) == 6 and set(subset.labels.tolist()) == {1, 2}
-    batches = list(sd.image_batches(subset, 3, seed=0, num_epochs=1))
+    batches = list(sd.data.image_batches(subset, 3, seed=0, num_epochs=1))
     assert len(batches) == 2
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
@@ -461,4 +464,4 @@ def test_tfds_copy_in_tfrecord_format_is_explained(tfds_dir, monkeypatch):
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", tfrecord_only)
     with pytest.raises(ValueError, match='file_format="array_record"'):
-        sd.load_images("mnist", "test", data_dir, source="tfds")
+        sd.data.load_images("mnist", "test", data_dir, source="tfds")

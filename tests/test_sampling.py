@@ -252,7 +252,7 @@ def test_and_with_three_models():
 
 @functools.cache
 def _network(width, seed):
-    mlp = sd.MLP(2, width=width, depth=1, time_dim=8, key=jax.random.key(seed))
+    mlp = sd.nn.MLP(2, width=width, depth=1, time_dim=8, key=jax.random.key(seed))
     return sd.EpsilonScore(mlp, SDE)
 
 
@@ -447,7 +447,7 @@ def test_score_of_the_wrong_shape_raises():
         _sample([LEFT.score, lambda t, x: jnp.zeros(3)], sd.Or())
     with pytest.raises(ValueError, match="shape"):
         _sample(
-            sd.EpsilonScore(sd.MLP(3, width=8, depth=1, key=jax.random.key(0)), SDE)
+            sd.EpsilonScore(sd.nn.MLP(3, width=8, depth=1, key=jax.random.key(0)), SDE)
         )
 
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import superdiff as sd
-from superdiff._nets import channels_last_conv
+from superdiff.nn._conv import channels_last_conv
 
 
 # Compiling, not running, is what these tests spend their time on, so they (1) draw
@@ -36,7 +36,7 @@ def _fast_jit(fn: Callable, level: int = 0) -> Callable:
     return lambda *args: jitted(*eqx.partition(args, eqx.is_array))
 
 
-def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.UNet:
+def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.nn.UNet:
     config: dict[str, Any] = dict(
         base_channels=8,
         channel_mults=(1, 2),
@@ -47,11 +47,11 @@ def _tiny(image_shape=(8, 8, 2), **kwargs) -> sd.UNet:
         num_heads=2,
     )
     config.update(kwargs)
-    return sd.UNet(image_shape, **config, key=_key(0))
+    return sd.nn.UNet(image_shape, **config, key=_key(0))
 
 
 @pytest.fixture(scope="module")
-def unet() -> sd.UNet:
+def unet() -> sd.nn.UNet:
     return _tiny()
 
 
@@ -81,7 +81,10 @@ def test_output_has_the_input_shape(image_shape, channel_mults, attention):
 
 @pytest.mark.parametrize(
     "preset, image_shape, num_params",
-    [(sd.UNet.mnist, (28, 28, 1), 686_513), (sd.UNet.cifar10, (32, 32, 3), 35_744_771)],
+    [
+        (sd.nn.UNet.mnist, (28, 28, 1), 686_513),
+        (sd.nn.UNet.cifar10, (32, 32, 3), 35_744_771),
+    ],
 )
 def test_presets_by_shape_only(preset, image_shape, num_params):
     # `filter_eval_shape` traces initialisation and the call without computing.
@@ -143,7 +146,7 @@ def test_dsm_loss_gives_each_example_its_own_dropout_mask(unet):
     sde = sd.VPSDE()
     x0 = _image((8, 8, 2))
     key = jax.random.key(5)  # threefry: its bits do not change under vmap (rbg's do)
-    loss = lambda dropout, k: sd.dsm_loss(unet, sde, x0, key=k, dropout=dropout)
+    loss = lambda dropout, k: sd.train.dsm_loss(unet, sde, x0, key=k, dropout=dropout)
     assert float(loss(False, key)) == float(loss(False, key))
     assert float(loss(True, key)) == float(loss(True, key))
     assert float(loss(True, key)) != float(loss(False, key))
@@ -152,7 +155,9 @@ def test_dsm_loss_gives_each_example_its_own_dropout_mask(unet):
     keys = jax.random.split(key, 2)
     per_example = [float(loss(True, k)) for k in keys]
     assert per_example[0] != per_example[1]
-    batch = sd.batch_dsm_loss(unet, sde, jnp.stack([x0, x0]), key=key, dropout=True)
+    batch = sd.train.batch_dsm_loss(
+        unet, sde, jnp.stack([x0, x0]), key=key, dropout=True
+    )
     np.testing.assert_allclose(float(batch), np.mean(per_example), rtol=1e-5)
 
 
@@ -246,14 +251,14 @@ def test_training_lowers_the_loss():
     stripes = jnp.tile(jnp.array([1.0, -1.0]), (8, 4))[..., None]
     data = jnp.repeat(jnp.stack([stripes, -stripes]), 16, axis=0)
     model = _tiny((8, 8, 1), channel_mults=(1,), attention_resolutions=(), dropout=0.1)
-    optimizer = sd.make_optimizer(3e-3, warmup_steps=5)
+    optimizer = sd.train.make_optimizer(3e-3, warmup_steps=5)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
 
     def loss_fn(params, key):
         # Dropout on, as in real training: every example its own key.
         network = eqx.combine(params, static)
-        return sd.batch_dsm_loss(network, sde, data, key=key, dropout=True)
+        return sd.train.batch_dsm_loss(network, sde, data, key=key, dropout=True)
 
     @functools.partial(_fast_jit, level=1)
     def step(params, opt_state, key):

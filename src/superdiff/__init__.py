@@ -4,21 +4,18 @@ SuperDiff (Skreta et al., ICLR 2025) with the Itô density estimator, on Equinox
 Diffrax.
 """
 
+from . import (
+    data as data,
+    experiment as experiment,
+    metrics as metrics,
+    nn as nn,
+    train as train,
+)
 from ._alignment import (
     AlignmentState as AlignmentState,
     ScoreAlignmentFlow as ScoreAlignmentFlow,
     score_alignment as score_alignment,
 )
-from ._checkpoint import (
-    load_checkpoint as load_checkpoint,
-    save_checkpoint as save_checkpoint,
-)
-from ._classifier import (
-    Classifier as Classifier,
-    classifier_loss as classifier_loss,
-    classify as classify,
-)
-from ._data import two_moons as two_moons
 from ._density import (
     bits_per_dim as bits_per_dim,
     bits_per_dim_offset as bits_per_dim_offset,
@@ -55,28 +52,7 @@ from ._guided import (
     sample_high_density as sample_high_density,
     sample_prior_guided as sample_prior_guided,
 )
-from ._images import (
-    DataNotFoundError as DataNotFoundError,
-    ImageArrays as ImageArrays,
-    ImageSource as ImageSource,
-    image_batches as image_batches,
-    load_images as load_images,
-    select_classes as select_classes,
-)
-from ._loss import batch_dsm_loss as batch_dsm_loss, dsm_loss as dsm_loss
-from ._metrics import (
-    class_histogram as class_histogram,
-    confident_share as confident_share,
-    energy_distance as energy_distance,
-    frechet_distance as frechet_distance,
-    nearest_share as nearest_share,
-)
 from ._mixture import GaussianMixture as GaussianMixture
-from ._nets import (
-    MLP as MLP,
-    EpsilonScore as EpsilonScore,
-    SinusoidalEmbedding as SinusoidalEmbedding,
-)
 from ._operators import (
     AbstractOperator as AbstractOperator,
     And as And,
@@ -88,6 +64,7 @@ from ._operators import (
     and_weights as and_weights,
     and_weights_two as and_weights_two,
 )
+from ._parameterisation import EpsilonScore as EpsilonScore
 from ._samplers import sample as sample, sample_ode as sample_ode
 from ._sde import (
     VESDE as VESDE,
@@ -106,17 +83,6 @@ from ._terms import (
     SuperpositionTerm as SuperpositionTerm,
     reverse_sde_terms as reverse_sde_terms,
 )
-from ._train import (
-    ArraySampler as ArraySampler,
-    TrainState as TrainState,
-    dsm_objective as dsm_objective,
-    ema_update as ema_update,
-    fit as fit,
-    init_train_state as init_train_state,
-    make_optimizer as make_optimizer,
-    train_step as train_step,
-)
-from ._unet import UNet as UNet
 
 
 __version__ = "0.1.0"

@@ -1,12 +1,15 @@
-"""Denoising score matching (Vincent 2011; Ho et al. 2020; Song et al. 2021)."""
+"""Losses: denoising score matching (Vincent 2011; Ho et al. 2020; Song et al. 2021)
+for noise-prediction networks, and cross-entropy for the classifier."""
 
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._sde import AbstractSDE
+from .._sde import AbstractSDE
+from ..nn._classifier import Classifier
 
 
 def dsm_loss(
@@ -25,7 +28,8 @@ def dsm_loss(
     (Ho et al. 2020, Eq. 14; Song et al. 2021, $\\lambda(t) = \\sigma_t^2$).
 
     With `dropout=True` the network is called as `network(t, x, key=...)` with a
-    key of this example's own (for networks with dropout, such as `UNet`).
+    key of this example's own (for networks with dropout, such as
+    `superdiff.nn.UNet`).
     """
     t_key, noise_key, dropout_key = jax.random.split(key, 3)
     t = jax.random.uniform(t_key, minval=sde.t_min, maxval=sde.t_max)
@@ -50,3 +54,17 @@ def batch_dsm_loss(
     keys = jax.random.split(key, x0.shape[0])
     loss = lambda x, k: dsm_loss(network, sde, x, key=k, dropout=dropout)
     return jnp.mean(jax.vmap(loss)(x0, keys))
+
+
+def classifier_loss(
+    model: Classifier,
+    batch: tuple[Float[Array, "b h w c"], Int[Array, " b"]],
+    key: PRNGKeyArray,
+) -> Float[Array, ""]:
+    """Mean cross-entropy of a batch `(images, labels)`, with dropout; a loss for
+    `fit`, which feeds it the `(images, labels)` batches of
+    `superdiff.data.image_batches`."""
+    images, labels = batch
+    keys = jax.random.split(key, images.shape[0])
+    logits = jax.vmap(lambda x, k: model(x, key=k))(images, keys)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

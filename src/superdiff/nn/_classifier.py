@@ -1,9 +1,10 @@
 """A small image classifier for evaluating generated digits without Inception.
 
 Its penultimate activations are the feature space of the Fréchet distance
-(Heusel et al. 2017) that `frechet_distance` computes, in the way FID uses
-Inception-v3's pool features; its predictions give the class histogram and the
-share of confident predictions of generated samples.
+(Heusel et al. 2017) that `superdiff.metrics.frechet_distance` computes, in the way
+FID uses Inception-v3's pool features; its predictions give the class histogram and
+the share of confident predictions of generated samples (`superdiff.metrics`:
+`classify`, `class_histogram`, `confident_share`).
 """
 
 from collections.abc import Sequence
@@ -12,11 +13,9 @@ import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._nets import channels_last_conv
+from ._conv import channels_last_conv
 
 
 class Classifier(eqx.Module):
@@ -103,45 +102,3 @@ class Classifier(eqx.Module):
             keep = jax.random.bernoulli(key, 1 - self.dropout, features.shape)
             features = jnp.where(keep, features / (1 - self.dropout), 0)
         return self.head(features)
-
-
-def classifier_loss(
-    model: Classifier,
-    batch: tuple[Float[Array, "b h w c"], Int[Array, " b"]],
-    key: PRNGKeyArray,
-) -> Float[Array, ""]:
-    """Mean cross-entropy of a batch `(images, labels)`, with dropout; a loss for
-    `fit`, which feeds it the `(images, labels)` batches of `image_batches`."""
-    images, labels = batch
-    keys = jax.random.split(key, images.shape[0])
-    logits = jax.vmap(lambda x, k: model(x, key=k))(images, keys)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-@eqx.filter_jit
-def _logits_and_features(model: Classifier, images: Array) -> tuple[Array, Array]:
-    features = jax.vmap(model.features)(images)
-    return jax.vmap(model.head)(features), features
-
-
-def classify(
-    model: Classifier, images: Float[ArrayLike, "n h w c"], batch_size: int = 500
-) -> tuple[Float[np.ndarray, "n classes"], Float[np.ndarray, "n hidden"]]:
-    """Logits and features of many images with pixels in $[-1, 1]$, computed
-    `batch_size` at a time (the last chunk padded, so one compilation serves all).
-    **Returns:** NumPy arrays `(logits, features)`."""
-    array = np.asarray(images)
-    n = array.shape[0]
-    if n == 0:
-        raise ValueError("`classify` got no images.")
-    size = min(batch_size, n)
-    logits, features = [], []
-    for start in range(0, n, size):
-        chunk = array[start : start + size]
-        pad = size - chunk.shape[0]
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        lg, ft = _logits_and_features(model, jnp.asarray(chunk))
-        logits.append(np.asarray(lg)[: size - pad])
-        features.append(np.asarray(ft)[: size - pad])
-    return np.concatenate(logits), np.concatenate(features)

@@ -15,9 +15,9 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
+from .._sde import AbstractSDE
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._loss import batch_dsm_loss
-from ._sde import AbstractSDE
 
 
 class TrainState(eqx.Module):
@@ -189,15 +189,14 @@ def fit(
     checkpoint is there.
 
     `data` is an `ArraySampler` (batches drawn inside the compiled step) or an
-    iterator of batches; an iterator with `get_state`/`set_state` (a grain
-    iterator, as from `image_batches`) has its state saved in the checkpoint and
-    restored on resume, so a resumed run reads the same batches. A progress bar
-    (on line `position` of the terminal, for runs side by side in threads) shows
-    the loss and steps/s; every `log_every` steps a record
-    `{step, loss, steps_per_s}` is appended to the returned history (and, with
-    `log_path`, appended to that JSON-lines file as it happens, so a resumed run
-    continues the same log); every `checkpoint_every` steps, and at the end, the
-    whole state is written atomically.
+    iterator of batches; an iterator with `get_state`/`set_state` (a grain iterator,
+    as from `superdiff.data.image_batches`) has its state saved in the checkpoint
+    and restored on resume, so a resumed run reads the same batches. A progress bar
+    (on line `position` of the terminal, for runs side by side in threads) shows the
+    loss and steps/s; every `log_every` steps a record `{step, loss, steps_per_s}`
+    is appended to the returned history (and, with `log_path`, appended to that
+    JSON-lines file as it happens, so a resumed run continues the same log); every
+    `checkpoint_every` steps, and at the end, the whole state is written atomically.
 
     `callback(state)` runs every `callback_every` steps (e.g. to draw a grid of
     samples from the EMA weights or to evaluate); a dict it returns is merged into

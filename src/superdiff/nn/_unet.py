@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._nets import SinusoidalEmbedding, channels_last_conv
+from ._conv import channels_last_conv
+from ._mlp import SinusoidalEmbedding
 
 
 def _key_stream(key: PRNGKeyArray) -> Iterator[PRNGKeyArray]:
@@ -159,7 +160,7 @@ class _Level(eqx.Module):
 class UNet(eqx.Module):
     """A UNet predicting the noise $\\hat\\varepsilon(t, x)$ of one image, in the
     style of DDPM (Ho et al. 2020, App. B) and DDPM++ (Song et al. 2021, App. H).
-    Wrap it in `EpsilonScore` for a score.
+    Wrap it in `superdiff.EpsilonScore` for a score.
 
     The image is **channels-last**, `(H, W, C)`, as image data sets store it; batch
     with `jax.vmap`. Time enters through a sinusoidal embedding and a two-layer MLP,
@@ -192,7 +193,8 @@ class UNet(eqx.Module):
       middle always has attention.
     - `dropout`: dropout rate in each residual block (before its second conv, as
       in DDPM), used only when `__call__` gets a `key`; train with
-      `dsm_loss(..., dropout=True)`, which gives every example its own key.
+      `superdiff.train.dsm_loss(..., dropout=True)`, which gives every example its
+      own key.
     - `num_groups`: groups of every GroupNorm.
     - `num_heads`: attention heads; must divide the channels where attention is.
     - `skip_rescale`: divide each residual sum by $\\sqrt 2$ (DDPM++); `False` is

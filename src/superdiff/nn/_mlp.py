@@ -1,43 +1,12 @@
-"""Score networks: Equinox modules acting on one example, called as `(t, x)`."""
+"""A residual MLP noise-prediction network for low-dimensional data, called on one
+example as `(t, x)`, and the sinusoidal time embedding it shares with the UNet."""
 
 import math
-from collections.abc import Callable
 
-import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
-
-from ._sde import AbstractSDE
-
-
-def channels_last_conv(
-    conv: eqx.nn.Conv2d, x: Float[Array, "c_in h w"]
-) -> Float[Array, "c_out h2 w2"]:
-    """`conv(x)` for a zero-padded `eqx.nn.Conv2d`, with the same parameters and
-    result, computed as a channels-last (NHWC) convolution.
-
-    XLA:CPU runs channels-first convolutions inside a loop, such as the
-    `diffeqsolve` of a sampler, with a generic kernel about 6× slower than the one
-    it uses outside a loop (jax-ml/jax#12868; measured on a 3×3 conv of 32 channels
-    at 14×14 and on `UNet.mnist`); channels-last convolutions run at full speed in
-    both places, and the transposes cost little."""
-    if conv.padding_mode != "ZEROS":
-        raise ValueError(
-            f"Expected a zero-padded convolution; got padding_mode={conv.padding_mode!r}."
-        )
-    y = jax.lax.conv_general_dilated(
-        einops.rearrange(x, "c h w -> 1 h w c"),
-        einops.rearrange(conv.weight, "o i h w -> h w i o"),
-        window_strides=conv.stride,
-        padding=conv.padding,
-        rhs_dilation=conv.dilation,
-        feature_group_count=conv.groups,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    y = einops.rearrange(y, "1 h w c -> c h w")
-    return y if conv.bias is None else y + conv.bias
 
 
 class SinusoidalEmbedding(eqx.Module):
@@ -67,7 +36,8 @@ class MLP(eqx.Module):
 
     Each block adds the time embedding (through its own linear map) to the hidden
     state, applies SiLU and a linear layer, and adds a skip connection. It predicts
-    the noise $\\hat\\varepsilon(t, x)$; wrap it in `EpsilonScore` for a score.
+    the noise $\\hat\\varepsilon(t, x)$; wrap it in `superdiff.EpsilonScore` for a
+    score.
     """
 
     embedding: SinusoidalEmbedding
@@ -124,22 +94,3 @@ class MLP(eqx.Module):
         ):
             h = h + block(jax.nn.silu(norm(h) + proj(temb)))
         return self.output_layer(jax.nn.silu(h))
-
-
-class EpsilonScore(eqx.Module):
-    """The score of a noise-prediction network: $\\nabla\\log q_t(x) =
-    -\\hat\\varepsilon(t, x) / \\sigma_t$.
-
-    **Arguments:**
-
-    - `network`: any callable `(t, x) -> ε̂` on one example (an `MLP`, a UNet, ...).
-    - `sde`: the schedule it was trained under.
-    """
-
-    network: Callable[[Array, Array], Array]
-    sde: AbstractSDE
-
-    def __call__(
-        self, t: Float[ArrayLike, ""], x: Float[Array, "*d"]
-    ) -> Float[Array, "*d"]:
-        return -self.network(jnp.asarray(t), x) / self.sde.sigma(t)
