@@ -47,6 +47,7 @@ from ._guidance import (
     SwitchedScoreScale as SwitchedScoreScale,
 )
 from ._guided import (
+    GuidedOptions as GuidedOptions,
     prior_guidance as prior_guidance,
     sample_density_guided as sample_density_guided,
     sample_high_density as sample_high_density,
@@ -72,7 +73,12 @@ from ._sde import (
     AbstractSDE as AbstractSDE,
     SubVPSDE as SubVPSDE,
 )
-from ._solve import RESULTS as RESULTS, Samples as Samples, time_grid as time_grid
+from ._solve import (
+    RESULTS as RESULTS,
+    Samples as Samples,
+    SolveOptions as SolveOptions,
+    time_grid as time_grid,
+)
 from ._terms import (
     FlowState as FlowState,
     ProbabilityFlow as ProbabilityFlow,

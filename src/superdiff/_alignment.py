@@ -1,6 +1,8 @@
 """Score alignment (Karczewski et al. 2025b, §5; `docs/math.md` §6): does moving a
 latent up the prior's score raise the log-density of the sample it flows to?"""
 
+from typing_extensions import Unpack
+
 import diffrax as dfx
 import equinox as eqx
 import jax
@@ -10,7 +12,15 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._divergence import AbstractDivergence, ExactDivergence
 from ._family import ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
-from ._solve import Samples, check_key, initial_noise, integrate, steps
+from ._solve import (
+    Samples,
+    SolveOptions,
+    check_key,
+    check_options,
+    initial_noise,
+    integrate,
+    ode_setup,
+)
 from ._util import inner
 
 
@@ -68,13 +78,7 @@ def score_alignment(
     method: str = "jvp",
     divergence: AbstractDivergence | None = None,
     key: PRNGKeyArray | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     """Score alignment (Karczewski et al. 2025b, §5): for each latent $x_T$,
     $\\langle s_{t_{min}}(x_0),\\ D\\Phi(x_T)\\,s_{t_{max}}(x_T)\\rangle$, the data
@@ -91,7 +95,8 @@ def score_alignment(
         with `divergence` (exact by default, or `Hutchinson`): no score needed at
         the end, so it also applies where that score is unreliable.
 
-    Solver arguments as `sample_ode`; `key` draws Hutchinson probes.
+    The solve takes the `SolveOptions`, as `sample_ode`; `key` draws Hutchinson
+    probes.
 
     **Returns:** `Samples` with `x` the PF-ODE's samples and `extras["alignment"]`,
     `(n,)`.
@@ -102,11 +107,8 @@ def score_alignment(
         raise ValueError("`divergence` only applies with `method='divergence'`.")
     if method == "divergence":
         divergence = ExactDivergence() if divergence is None else divergence
-    t_min, t_max = sde.time_range(t_min, t_max)
-    grid = steps(
-        sde, t_min, t_max, num_steps=num_steps,
-        stepsize_controller=stepsize_controller, max_steps=max_steps,
-    )  # fmt: skip
+    check_options(options, SolveOptions)
+    t_min, t_max, solver, grid, throw = ode_setup(sde, options)
     x = initial_noise(sde, t_max, key=None, num_samples=None, shape=None, x_init=x_init)
     check_family(score_family(score), t_max, x[0])
     probes = None
@@ -116,7 +118,6 @@ def score_alignment(
     v = jax.vmap(lambda xi: score(t_max, xi))(x)
     y0 = AlignmentState(x, v, jax.vmap(inner)(v, v), probes)
     term = dfx.ODETerm(ScoreAlignmentFlow(sde, score, t_max, divergence))
-    solver = dfx.Tsit5() if solver is None else solver
     y1, result = integrate(term, solver, y0, grid, throw=throw)
     if divergence is not None:
         alignment = y1.omega

@@ -8,6 +8,7 @@ divergence of the network: exactly ($d$ JVPs) or by Hutchinson's estimator.
 """
 
 import math
+from typing_extensions import Unpack
 
 import diffrax as dfx
 import jax
@@ -21,13 +22,15 @@ from ._sde import AbstractSDE
 from ._solve import (
     RESULTS,
     Samples,
-    Steps,
+    Setup,
+    SolveOptions,
     check_key,
+    check_options,
     initial_noise,
     integrate,
+    ode_setup,
     positive_int,
     prior_log_prob,
-    steps,
 )
 from ._terms import FlowState, ProbabilityFlow
 
@@ -35,24 +38,23 @@ from ._terms import FlowState, ProbabilityFlow
 def _flow(
     score: ScoreFn,
     sde: AbstractSDE,
-    divergence: AbstractDivergence | None,
-    solver: dfx.AbstractSolver | None,
-    grid: Steps,
-    t_max: float,
     x: Array,
     log_q: Array,
+    divergence: AbstractDivergence | None,
     key: PRNGKeyArray | None,
-    throw: bool,
+    setup: Setup,
 ) -> tuple[FlowState, RESULTS]:
-    r"""The PF-ODE with $\log q$ integrated alongside, from `x` with `log_q`."""
+    """The PF-ODE with $\\log q$ integrated alongside, from `x` with `log_q`."""
     divergence = ExactDivergence() if divergence is None else divergence
     probes = None
     if divergence.probe_shape(x.shape) is not None:
         key = check_key(key, f"`{type(divergence).__name__}` draws random probes")
         probes = divergence.probes(x.shape, key=key)
-    term = dfx.ODETerm(ProbabilityFlow(sde, score, t_max, divergence=divergence))
-    solver = dfx.Tsit5() if solver is None else solver
-    return integrate(term, solver, FlowState(x, log_q, probes), grid, throw=throw)
+    flow = ProbabilityFlow(sde, score, setup.t_max, divergence=divergence)
+    y0 = FlowState(x, log_q, probes)
+    return integrate(
+        dfx.ODETerm(flow), setup.solver, y0, setup.steps, throw=setup.throw
+    )
 
 
 def log_prob_ode(
@@ -62,13 +64,7 @@ def log_prob_ode(
     *,
     divergence: AbstractDivergence | None = None,
     key: PRNGKeyArray | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     r"""The model's $\log q_{t_{min}}(x)$ for data `x` by the probability-flow ODE:
     integrate from $t_{min}$ up to $t_{max}$ and add the log-density of
@@ -79,29 +75,24 @@ def log_prob_ode(
 
     - `divergence`: `ExactDivergence()` (default) or `Hutchinson(...)`, whose
         probes are drawn once per solve from `key`.
-    - `solver`, `num_steps`, `stepsize_controller`, `max_steps`: any Diffrax ODE
-        solver (`Tsit5` by default), adaptive (`PIDController(rtol=1e-5,
-        atol=1e-5)`) unless `num_steps` fixes the steps.
-    - `t_min`, `t_max`: the time range; `throw` as `sample`.
+    - the `SolveOptions`: any Diffrax ODE solver (`Tsit5` by default), adaptive
+        (`PIDController(rtol=1e-5, atol=1e-5)`) unless `num_steps` fixes the steps.
 
     **Returns:** `Samples` with `log_q` the log-densities `(n, 1)` and `x` the
     latents at $t_{max}$.
     """
-    t_min, t_max = sde.time_range(t_min, t_max)
+    check_options(options, SolveOptions)
     # Data to noise: τ runs backwards, from t_max - t_min to 0 (fine for ODE solvers).
-    grid = steps(
-        sde, t_min, t_max, num_steps=num_steps,
-        stepsize_controller=stepsize_controller, max_steps=max_steps, to_noise=True,
-    )  # fmt: skip
-    x = initial_noise(sde, t_max, key=None, num_samples=None, shape=None, x_init=x)
-    check_family(score_family(score), t_min, x[0])
-    zeros = jnp.zeros(x.shape[0], x.dtype)
-    y1, result = _flow(
-        score, sde, divergence, solver, grid, t_max, x, zeros, key, throw
+    setup = ode_setup(sde, options, to_noise=True)
+    x = initial_noise(
+        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x
     )
+    check_family(score_family(score), setup.t_min, x[0])
+    zeros = jnp.zeros(x.shape[0], x.dtype)
+    y1, result = _flow(score, sde, x, zeros, divergence, key, setup)
     # y1.log_q = log q_{t_max}(z) - log q_{t_min}(x) along the flow.
     assert y1.log_q is not None
-    log_q = prior_log_prob(sde, t_max, y1.x) - y1.log_q
+    log_q = prior_log_prob(sde, setup.t_max, y1.x) - y1.log_q
     return Samples(y1.x, log_q[:, None], result=result)
 
 
@@ -112,13 +103,7 @@ def sample_ode_with_density(
     *,
     divergence: AbstractDivergence | None = None,
     key: PRNGKeyArray | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     r"""Sample with the probability-flow ODE from noise `x_init` and integrate
     $\log q_t$ along it, from the starting noise's own log-density (Skreta et al.
@@ -126,17 +111,14 @@ def sample_ode_with_density(
 
     **Returns:** `Samples` with the samples and their $\log q_{t_{min}}$ `(n, 1)`.
     """
-    t_min, t_max = sde.time_range(t_min, t_max)
-    grid = steps(
-        sde, t_min, t_max, num_steps=num_steps,
-        stepsize_controller=stepsize_controller, max_steps=max_steps,
-    )  # fmt: skip
-    x = initial_noise(sde, t_max, key=None, num_samples=None, shape=None, x_init=x_init)
-    check_family(score_family(score), t_max, x[0])
-    log_q = prior_log_prob(sde, t_max, x)
-    y1, result = _flow(
-        score, sde, divergence, solver, grid, t_max, x, log_q, key, throw
+    check_options(options, SolveOptions)
+    setup = ode_setup(sde, options)
+    x = initial_noise(
+        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x_init
     )
+    check_family(score_family(score), setup.t_max, x[0])
+    log_q = prior_log_prob(sde, setup.t_max, x)
+    y1, result = _flow(score, sde, x, log_q, divergence, key, setup)
     assert y1.log_q is not None
     return Samples(y1.x, y1.log_q[:, None], result=result)
 
@@ -183,13 +165,7 @@ def bits_per_dim(
     num_dequant: int = 1,
     data_range: tuple[float, float] = (-1.0, 1.0),
     divergence: AbstractDivergence | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     """Bits/dim of 8-bit images under the model, by the probability-flow ODE with
     uniform dequantisation (Song et al. 2021, App. D.2; Theis et al. 2016).
@@ -223,6 +199,7 @@ def bits_per_dim(
     - `"bpd_draws"`: bits/dim of each draw, `(k, n)`;
     - `"points"`: the dequantised, scaled inputs, `(k, n, *d)`.
     """
+    check_options(options, SolveOptions)
     images = _check_images(images)
     num_dequant = positive_int(num_dequant, "num_dequant")
     offset = bits_per_dim_offset(data_range)
@@ -232,10 +209,8 @@ def bits_per_dim(
     )
     flat = points.reshape(-1, *images.shape[1:])
     out = log_prob_ode(
-        score, sde, flat, divergence=divergence, key=probe_key, solver=solver,
-        num_steps=num_steps, stepsize_controller=stepsize_controller, t_min=t_min,
-        t_max=t_max, max_steps=max_steps, throw=throw,
-    )  # fmt: skip
+        score, sde, flat, divergence=divergence, key=probe_key, **options
+    )
     assert out.log_q is not None
     dim = math.prod(images.shape[1:])
     draws = (-out.log_q[:, 0] / (dim * math.log(2)) + offset).reshape(num_dequant, -1)

@@ -40,6 +40,14 @@ from ._sde import AbstractSDE
 from ._util import inner
 
 
+def _as_array(value) -> Array:
+    """`jnp.asarray(value)`, concrete for a Python number even under `jax.jit` (so
+    that it can be checked, and a switch time placed on the step grid), traced for
+    a traced value (so that a sweep over it compiles once)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value)
+
+
 def _is_concrete(x: Array) -> bool:
     try:
         float(x)
@@ -85,6 +93,11 @@ class AbstractGuidance(eqx.Module):
         """$\\eta_t(x)$ for one example, given its score and (if needed) the
         Laplacian of $\\log q_t$ there."""
 
+    def switch_time(self) -> float | None:
+        """A time $t$ at which $\\eta$ jumps, which the sampler makes a step
+        boundary; `None` (the default) for rules that change smoothly."""
+        return None
+
 
 def sigma_score_norm2(sde, t, score, floor: float) -> Array:
     """$\\lVert\\sigma_t s\\rVert^2$, floored at `floor`·d: the guidance divides by it
@@ -101,7 +114,7 @@ class ScoreScale(AbstractGuidance):
     $\\tfrac12(\\eta - 1)\\lVert\\sigma s\\rVert^2$ per unit $\\lambda$ over the
     PF-ODE's own rate."""
 
-    eta: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    eta: Float[Array, ""] = eqx.field(converter=_as_array)
 
     def scale(self, t, x, score, laplacian, sde):
         return self.eta.astype(score.dtype)
@@ -135,7 +148,7 @@ class DensityQuantile(AbstractGuidance):
     """
 
     # An array, not a static float, so that a sweep over q compiles once.
-    q: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    q: Float[Array, ""] = eqx.field(converter=_as_array)
     min_norm: float = 1e-6
 
     def __check_init__(self):
@@ -195,7 +208,10 @@ class SwitchedScoreScale(AbstractGuidance):
     """$\\eta = 1$ (PF-ODE) before the switch time, 2 (HD-ODE) after it. An array,
     so that a sweep over switch times compiles once."""
 
-    t_switch: Float[Array, ""] = eqx.field(converter=jnp.asarray)
+    t_switch: Float[Array, ""] = eqx.field(converter=_as_array)
 
     def scale(self, t, x, score, laplacian, sde):
         return jnp.where(t <= self.t_switch, 2.0, 1.0).astype(score.dtype)
+
+    def switch_time(self):
+        return float(self.t_switch) if _is_concrete(self.t_switch) else None

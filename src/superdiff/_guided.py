@@ -6,6 +6,7 @@ guidance rule, or `StochasticGuidanceTerm`) and calls the one solve."""
 import math
 from collections.abc import Callable
 from typing import Any
+from typing_extensions import Unpack
 
 import diffrax as dfx
 import equinox as eqx
@@ -22,11 +23,13 @@ from ._sde import AbstractSDE
 from ._solve import (
     RESULTS,
     Samples,
+    SolveOptions,
     check_key,
+    check_options,
     initial_log_q,
     initial_noise,
     integrate,
-    steps,
+    ode_setup,
 )
 from ._terms import FlowState, ProbabilityFlow, StochasticGuidanceTerm
 
@@ -51,27 +54,27 @@ def _noise_fn(noise) -> Callable[[Any], Any] | None:
     return _Constant(float(noise)) if noise > 0 else None
 
 
+class GuidedOptions(SolveOptions, total=False):
+    """The keywords of the guided samplers: the `SolveOptions`, and what
+    `sample_density_guided` documents (`key`, `num_samples`, `shape`, `x_init`,
+    `noise`, `laplacian`, `track_density`, `log_q_init`, `spacing`)."""
+
+    key: PRNGKeyArray | None
+    num_samples: int | None
+    shape: tuple[int, ...] | None
+    x_init: Float[Array, "n *d"] | None
+    noise: float | Callable[[Any], Any]
+    laplacian: AbstractDivergence | None
+    track_density: bool
+    log_q_init: Float[Array, "n 1"] | None
+    spacing: str | None
+
+
 def sample_density_guided(
     score: ScoreFn,
     sde: AbstractSDE,
     guidance: AbstractGuidance,
-    *,
-    key: PRNGKeyArray | None = None,
-    num_samples: int | None = None,
-    shape: tuple[int, ...] | None = None,
-    x_init: Float[Array, "n *d"] | None = None,
-    noise: float | Callable[[Any], Any] = 0.0,
-    laplacian: AbstractDivergence | None = None,
-    track_density: bool = False,
-    log_q_init: Float[Array, "n 1"] | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    spacing: str | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[GuidedOptions],
 ) -> Samples:
     """Sample with density guidance: the PF-ODE with the score rescaled by the
     guidance's $\\eta_t(x)$ (Karczewski et al. 2025b; `docs/math.md` §6).
@@ -97,15 +100,15 @@ def sample_density_guided(
     - `track_density`: also return $\\log q_{t_{min}}$ of the samples, integrated
         along the path from `log_q_init`, `(n, 1)` (by default the starting noise's
         own log-density).
-    - `solver`, `num_steps`, `stepsize_controller`: as `sample_ode` (deterministic:
-        `Tsit5` with a `PIDController` unless `num_steps` is given).
+    - the `SolveOptions` (`solver`, `num_steps`, `stepsize_controller`, `t_min`,
+        `t_max`, `max_steps`, `throw`) as `sample_ode` (deterministic: `Tsit5` with
+        a `PIDController` unless `num_steps` is given).
     - `spacing`: where fixed steps go: `"log_snr"` (the default with `num_steps`:
         uniform in log-SNR, as Karczewski et al. step) or `"t"` (uniform in $t$).
         Uniform steps in $t$ are far too coarse near the data end, where $\\lambda$
         moves fastest: on a 32-dimensional Gaussian, 200 Heun steps missed the
         requested log-density change by 1.25 nats uniform in $t$ and by 0.007
         uniform in $\\lambda$.
-    - `t_min`, `t_max`: the time range; `throw` as `sample`.
 
     `key` is needed where randomness is drawn: the starting noise without `x_init`,
     Hutchinson probes, and the noise of stochastic guidance.
@@ -118,56 +121,15 @@ def sample_density_guided(
             "ScoreScale or a subclass of AbstractGuidance); got "
             f"{type(guidance).__name__}."
         )
-    return _guided(
-        score,
-        sde,
-        guidance,
-        phi=_noise_fn(noise),
-        key=key,
-        num_samples=num_samples,
-        shape=shape,
-        x_init=x_init,
-        laplacian=laplacian,
-        track_density=track_density,
-        log_q_init=log_q_init,
-        solver=solver,
-        num_steps=num_steps,
-        stepsize_controller=stepsize_controller,
-        spacing=spacing,
-        t_min=t_min,
-        t_max=t_max,
-        max_steps=max_steps,
-        throw=throw,
-    )
-
-
-def _guided(
-    score: ScoreFn,
-    sde: AbstractSDE,
-    guidance: AbstractGuidance,
-    *,
-    phi: Callable[[Any], Any] | None,
-    key: PRNGKeyArray | None,
-    num_samples: int | None,
-    shape: tuple[int, ...] | None,
-    x_init: Array | None,
-    laplacian: AbstractDivergence | None,
-    track_density: bool,
-    log_q_init: Array | None,
-    solver: dfx.AbstractSolver | None,
-    num_steps: int | None,
-    stepsize_controller: dfx.AbstractStepSizeController | None,
-    spacing: str | None,
-    t_min: float | None,
-    t_max: float | None,
-    max_steps: int,
-    throw: bool,
-    t_switch: float | None = None,
-) -> Samples:
-    """One solve of the guided flow: deterministic (`phi=None`) or stochastic.
-    `t_switch` is a time where the guidance switches, made a step boundary."""
-    stochastic = phi is not None
-    if stochastic:
+    check_options(options, GuidedOptions)
+    solve = dict(options)
+    phi = _noise_fn(options.get("noise", 0.0))
+    key = options.get("key")
+    laplacian = options.get("laplacian")
+    track_density = options.get("track_density", False)
+    log_q_init = options.get("log_q_init")
+    if phi is not None:
+        solver = options.get("solver")
         if solver is not None and not isinstance(solver, dfx.Euler):
             raise ValueError(
                 "Stochastic density guidance is supported with `diffrax.Euler()` "
@@ -175,28 +137,33 @@ def _guided(
                 "are functions of the realised Euler–Maruyama step. Got "
                 f"`{type(solver).__name__}`."
             )
-        if num_steps is None or stepsize_controller is not None:
+        if options.get("num_steps") is None or options.get("stepsize_controller"):
             raise ValueError(
                 "Stochastic density guidance takes fixed steps: give `num_steps` "
                 "(and `spacing`), not `stepsize_controller`."
             )
         key = check_key(key, "Stochastic guidance (`noise` > 0) draws noise")
         laplacian = Hutchinson(1) if laplacian is None else laplacian
-    t_min, t_max = sde.time_range(t_min, t_max)
-    jump_tau = None if t_switch is None else t_max - t_switch
-    grid = steps(
-        sde, t_min, t_max, num_steps=num_steps,
-        stepsize_controller=stepsize_controller, spacing=spacing,
-        default_spacing="log_snr", max_steps=max_steps, jump_tau=jump_tau,
-    )  # fmt: skip
-    init_key = None
-    if key is not None:
-        init_key, key = jax.random.split(check_key(key, "Guided sampling"))
-    x = initial_noise(
-        sde, t_max, key=init_key, num_samples=num_samples, shape=shape, x_init=x_init
+        solve["solver"] = dfx.Euler()
+    setup = ode_setup(
+        sde,
+        solve,
+        spacing=options.get("spacing"),
+        default_spacing="log_snr",
+        t_switch=guidance.switch_time(),
     )
-    check_family(score_family(score), t_max, x[0])
-    if stochastic or track_density or guidance.needs_laplacian:
+    x = initial_noise(
+        sde,
+        setup.t_max,
+        key=key,
+        num_samples=options.get("num_samples"),
+        shape=options.get("shape"),
+        x_init=options.get("x_init"),
+    )
+    if key is not None:  # its first half drew x
+        _, key = jax.random.split(check_key(key, "Guided sampling"))
+    check_family(score_family(score), setup.t_max, x[0])
+    if phi is not None or track_density or guidance.needs_laplacian:
         laplacian = ExactDivergence() if laplacian is None else laplacian
     elif laplacian is not None:
         raise ValueError(
@@ -206,44 +173,54 @@ def _guided(
     if log_q_init is not None and not track_density:
         raise ValueError("`log_q_init` only applies with `track_density=True`.")
     log_q = None
-    if stochastic or track_density:
+    if phi is not None or track_density:
         if log_q_init is not None and jnp.ndim(log_q_init) == 1:
             log_q_init = jnp.asarray(log_q_init)[:, None]
-        log_q = initial_log_q(sde, t_max, x, log_q_init, 1)[:, 0]
-    if stochastic:
-        assert key is not None and laplacian is not None and phi is not None
-        x_key, probe_key = jax.random.split(key)
-        shape_probes = laplacian.probe_shape(x.shape)
-        term = StochasticGuidanceTerm(
-            sde,
-            score,
-            t_max,
-            guidance,
-            laplacian,
-            phi,
-            dfx.UnsafeBrownianPath(shape=x.shape, key=x_key),
-            None
-            if shape_probes is None
-            else dfx.UnsafeBrownianPath(shape=shape_probes, key=probe_key),
-            getattr(guidance, "min_norm", 1e-6),
-        )
-        y1, result = integrate(
-            term, dfx.Euler(), FlowState(x, log_q), grid,
-            adjoint=dfx.ForwardMode(), throw=throw,
-        )  # fmt: skip
+        log_q = initial_log_q(sde, setup.t_max, x, log_q_init, 1)[:, 0]
+    if phi is not None:
+        assert key is not None and laplacian is not None
+        term = _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup)
+        y0, adjoint, out_of_steps = FlowState(x, log_q), dfx.ForwardMode(), None
     else:
         probes = None
         if laplacian is not None and laplacian.probe_shape(x.shape) is not None:
             key = check_key(key, f"`{type(laplacian).__name__}` draws random probes")
             probes = laplacian.probes(x.shape, key=key)
-        flow = ProbabilityFlow(sde, score, t_max, guidance, laplacian)
-        y1, result = integrate(
-            dfx.ODETerm(flow), dfx.Tsit5() if solver is None else solver,
-            FlowState(x, log_q, probes), grid, throw=throw,
-            out_of_steps=RESULTS.guidance_out_of_reach,
-        )  # fmt: skip
+        flow = ProbabilityFlow(sde, score, setup.t_max, guidance, laplacian)
+        term, y0 = dfx.ODETerm(flow), FlowState(x, log_q, probes)
+        adjoint, out_of_steps = None, RESULTS.guidance_out_of_reach
+    y1, result = integrate(
+        term,
+        setup.solver,
+        y0,
+        setup.steps,
+        adjoint=adjoint,
+        throw=setup.throw,
+        out_of_steps=out_of_steps,
+    )
     log_q = y1.log_q[:, None] if track_density else None
     return Samples(y1.x, log_q, result=result)
+
+
+def _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup):
+    """`StochasticGuidanceTerm` with its Brownian paths: one for the noise, one for
+    the Laplacian's probes when it draws any."""
+    x_key, probe_key = jax.random.split(key)
+    probe_shape = laplacian.probe_shape(x.shape)
+    probe_path = None
+    if probe_shape is not None:
+        probe_path = dfx.UnsafeBrownianPath(shape=probe_shape, key=probe_key)
+    return StochasticGuidanceTerm(
+        sde,
+        score,
+        setup.t_max,
+        guidance,
+        laplacian,
+        phi,
+        dfx.UnsafeBrownianPath(shape=x.shape, key=x_key),
+        probe_path,
+        getattr(guidance, "min_norm", 1e-6),
+    )
 
 
 def sample_high_density(
@@ -252,21 +229,7 @@ def sample_high_density(
     *,
     t_switch: float | None = None,
     log_snr_switch: float | None = None,
-    key: PRNGKeyArray | None = None,
-    num_samples: int | None = None,
-    shape: tuple[int, ...] | None = None,
-    x_init: Float[Array, "n *d"] | None = None,
-    laplacian: AbstractDivergence | None = None,
-    track_density: bool = False,
-    log_q_init: Float[Array, "n 1"] | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    spacing: str | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[GuidedOptions],
 ) -> Samples:
     """High-density sampling (Karczewski et al. 2025a, §4; `docs/math.md` §6.2): the
     PF-ODE from noise to the switch time, then the noiseless high-density ODE
@@ -278,42 +241,24 @@ def sample_high_density(
     goes). One solve, with the score scale switching from 1 to 2 at the switch,
     which is made a step boundary: added to the fixed-step grid (so the two stages
     together take `num_steps` or `num_steps + 1` steps), or a jump time of the
-    adaptive controller (`diffrax.ClipStepSizeController`). Other arguments as
-    `sample_density_guided`.
+    adaptive controller (`diffrax.ClipStepSizeController`). Other arguments
+    (`GuidedOptions`) as `sample_density_guided`.
     """
-    t_min_, t_max_ = sde.time_range(t_min, t_max)
+    t_min, t_max = sde.time_range(options.get("t_min"), options.get("t_max"))
     if (t_switch is None) == (log_snr_switch is None):
         raise ValueError("Give exactly one of `t_switch` and `log_snr_switch`.")
     if log_snr_switch is not None:
-        t_switch = float(sde.time_at_log_snr(float(log_snr_switch)))
+        with jax.ensure_compile_time_eval():  # configuration, even under jax.jit
+            t_switch = float(sde.time_at_log_snr(float(log_snr_switch)))
     assert t_switch is not None
-    if not t_min_ <= t_switch <= t_max_:
+    if not t_min <= t_switch <= t_max:
         raise ValueError(
-            f"The switch must lie in [t_min, t_max] = [{t_min_}, {t_max_}]; got "
+            f"The switch must lie in [t_min, t_max] = [{t_min}, {t_max}]; got "
             f"t_switch={t_switch}."
         )
-    return _guided(
-        score,
-        sde,
-        SwitchedScoreScale(t_switch),
-        phi=None,
-        key=key,
-        num_samples=num_samples,
-        shape=shape,
-        x_init=x_init,
-        laplacian=laplacian,
-        track_density=track_density,
-        log_q_init=log_q_init,
-        solver=solver,
-        num_steps=num_steps,
-        stepsize_controller=stepsize_controller,
-        spacing=spacing,
-        t_min=t_min,
-        t_max=t_max,
-        max_steps=max_steps,
-        throw=throw,
-        t_switch=t_switch,
-    )
+    if options.get("noise", 0.0):
+        raise ValueError("High-density sampling is deterministic: give no `noise`.")
+    return sample_density_guided(score, sde, SwitchedScoreScale(t_switch), **options)
 
 
 # ------------------------------------------------------------ prior guidance
@@ -340,7 +285,8 @@ def prior_guidance(
     t_max = sde.t_max if t_max is None else float(t_max)
     sde.check_time(t_max, "t_max")
     dim = math.prod(x.shape[1:])
-    target = float(sde.sigma(t_max)) * float(scipy.stats.chi.ppf(q, dim))
+    with jax.ensure_compile_time_eval():  # configuration, even under jax.jit
+        target = float(sde.sigma(t_max)) * float(scipy.stats.chi.ppf(q, dim))
     norms = jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))
     factor = jnp.where(norms > 0, target / jnp.where(norms > 0, norms, 1.0), 0.0)
     return x * factor.reshape(-1, *([1] * (x.ndim - 1)))
@@ -355,25 +301,13 @@ def sample_prior_guided(
     num_samples: int | None = None,
     shape: tuple[int, ...] | None = None,
     x_init: Float[Array, "n *d"] | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     """Prior guidance (`docs/math.md` §6): `prior_guidance(sde, noise, q)`, then
     the PF-ODE (`sample_ode`, with its arguments)."""
-    t_max_ = sde.time_range(t_min, t_max)[1]
-    init_key = None
-    if x_init is None:
-        init_key, _ = jax.random.split(check_key(key, "Drawing the initial noise"))
+    check_options(options, SolveOptions)
+    t_max = sde.time_range(options.get("t_min"), options.get("t_max"))[1]
     x = initial_noise(
-        sde, t_max_, key=init_key, num_samples=num_samples, shape=shape, x_init=x_init
+        sde, t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
     )
-    return sample_ode(
-        score, sde, x_init=prior_guidance(sde, x, q, t_max_), solver=solver,
-        num_steps=num_steps, stepsize_controller=stepsize_controller, t_min=t_min,
-        t_max=t_max, max_steps=max_steps, throw=throw,
-    )  # fmt: skip
+    return sample_ode(score, sde, x_init=prior_guidance(sde, x, q, t_max), **options)

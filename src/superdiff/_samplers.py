@@ -3,6 +3,7 @@ algorithm it implements: build the family, pick the operator, build the term and
 initial state, call the one solve (`_solve.integrate`), return `Samples`."""
 
 from collections.abc import Sequence
+from typing_extensions import Unpack
 
 import diffrax as dfx
 import jax
@@ -14,11 +15,14 @@ from ._operators import AbstractOperator, Single
 from ._sde import AbstractSDE
 from ._solve import (
     Samples,
+    SolveOptions,
     check_finite_scores,
     check_key,
+    check_options,
     initial_log_q,
     initial_noise,
     integrate,
+    ode_setup,
     steps,
 )
 from ._terms import (
@@ -91,10 +95,11 @@ def sample(
     family = score_family(models)
     t_min, t_max = sde.time_range(t_min, t_max)
     grid = steps(sde, t_min, t_max, num_steps=num_steps)
-    init_key, key = jax.random.split(check_key(key, "Sampling the reverse SDE"))
+    key = check_key(key, "Sampling the reverse SDE")
     x = initial_noise(
-        sde, t_max, key=init_key, num_samples=num_samples, shape=shape, x_init=x_init
+        sde, t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
     )
+    _, key = jax.random.split(key)  # the first half drew x
     check_family(family, t_max, x[0])
     track = operator.needs_density if track_density is None else track_density
     if operator.needs_density and not track:
@@ -183,37 +188,29 @@ def sample_ode(
     num_samples: int | None = None,
     shape: tuple[int, ...] | None = None,
     x_init: Float[Array, "n *d"] | None = None,
-    solver: dfx.AbstractSolver | None = None,
-    num_steps: int | None = None,
-    stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    max_steps: int = 16_384,
-    throw: bool = True,
+    **options: Unpack[SolveOptions],
 ) -> Samples:
     """Sample with the probability-flow ODE (Song et al. 2021, Eq. 13;
     `docs/math.md` (2.1) with $\\xi = 0$).
 
-    Any Diffrax ODE solver: with `num_steps` fixed steps, or adaptive with a
-    `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-5, atol=1e-5)` with
-    `diffrax.Tsit5()`, the default pair). `key` draws the starting noise and is
-    needed only without `x_init`. **Returns:** `Samples` with the samples.
+    **Arguments:** the model and its schedule; `key` with `num_samples` and `shape`
+    (draws from $\\mathcal N(0, \\sigma_{t_{max}}^2 I)$), or `x_init`, a batch of
+    noise at `t_max`; and the `SolveOptions`: any Diffrax ODE solver, with
+    `num_steps` fixed steps or adaptive with a `stepsize_controller` (by default
+    `diffrax.Tsit5()` with `PIDController(rtol=1e-5, atol=1e-5)`).
+
+    **Returns:** `Samples` with the samples.
     """
-    t_min, t_max = sde.time_range(t_min, t_max)
-    grid = steps(
-        sde, t_min, t_max, num_steps=num_steps,
-        stepsize_controller=stepsize_controller, max_steps=max_steps,
-    )  # fmt: skip
-    solver = dfx.Tsit5() if solver is None else solver
-    init_key = None
-    if x_init is None:
-        init_key, _ = jax.random.split(check_key(key, "Drawing the initial noise"))
+    check_options(options, SolveOptions)
+    setup = ode_setup(sde, options)
     x = initial_noise(
-        sde, t_max, key=init_key, num_samples=num_samples, shape=shape, x_init=x_init
+        sde, setup.t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
     )
     family = score_family(score)
-    check_family(family, t_max, x[0])
-    x = check_finite_scores(family, t_max, x)
-    term = dfx.ODETerm(ProbabilityFlow(sde, score, t_max))
-    y1, result = integrate(term, solver, FlowState(x), grid, throw=throw)
+    check_family(family, setup.t_max, x[0])
+    x = check_finite_scores(family, setup.t_max, x)
+    term = dfx.ODETerm(ProbabilityFlow(sde, score, setup.t_max))
+    y1, result = integrate(
+        term, setup.solver, FlowState(x), setup.steps, throw=setup.throw
+    )
     return Samples(y1.x, result=result)

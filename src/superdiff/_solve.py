@@ -13,7 +13,8 @@ with $t_0 < t_1$ (`docs/math.md`, preamble).
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, TypedDict, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -104,10 +105,12 @@ def time_grid(
     if spacing == "t":
         ts = np.linspace(t_max, t_min, num_steps + 1)
     elif spacing == "log_snr":
-        lams = np.linspace(
-            float(sde.log_snr(t_max)), float(sde.log_snr(t_min)), num_steps + 1
-        )
-        ts = np.array(sde.time_at_log_snr(lams), dtype=np.float64)
+        # Configuration, computed now even under `jax.jit`.
+        with jax.ensure_compile_time_eval():
+            lams = np.linspace(
+                float(sde.log_snr(t_max)), float(sde.log_snr(t_min)), num_steps + 1
+            )
+            ts = np.array(sde.time_at_log_snr(lams), dtype=np.float64)
         ts[0], ts[-1] = t_max, t_min
     else:
         raise ValueError(f"`spacing` must be 't' or 'log_snr'; got {spacing!r}.")
@@ -198,6 +201,84 @@ def steps(
     return Steps(t0, t1, dt0, controller, max_steps)
 
 
+class SolveOptions(TypedDict, total=False):
+    """The keywords every probability-flow sampler (`sample_ode`, `log_prob_ode`,
+    `sample_ode_with_density`, `bits_per_dim`, `score_alignment`, the guided
+    samplers) takes for its solve; all optional.
+
+    - `solver`: any Diffrax ODE solver; `diffrax.Tsit5()` by default.
+    - `num_steps`: fixed steps, uniform in $t$ (or as the sampler's `spacing`
+        says). Without it the solve is adaptive.
+    - `stepsize_controller`: a Diffrax step-size controller; by default
+        `PIDController(rtol=1e-5, atol=1e-5)` when `num_steps` is not given. With
+        both, `num_steps` sets only the first step.
+    - `t_min`, `t_max`: the time range, within the schedule's (its own by default).
+    - `max_steps`: the most steps an adaptive solve may take (16 384).
+    - `throw`: raise if the solve fails (NaN or inf, out of steps), at run time and
+        under `jax.jit`; with `False` the failure is the result's `result` code.
+    """
+
+    solver: dfx.AbstractSolver | None
+    num_steps: int | None
+    stepsize_controller: dfx.AbstractStepSizeController | None
+    t_min: float | None
+    t_max: float | None
+    max_steps: int
+    throw: bool
+
+
+def check_options(options: Mapping[str, Any], allowed: type) -> None:
+    """Refuse keywords that the TypedDict `allowed` does not name (a typo would
+    otherwise be ignored)."""
+    names = allowed.__required_keys__ | allowed.__optional_keys__  # pyright: ignore
+    if unknown := sorted(set(options) - names):
+        raise TypeError(
+            f"Unexpected keyword argument(s) {unknown}; expected some of "
+            f"{sorted(names)}."
+        )
+
+
+class Setup(NamedTuple):
+    """A probability-flow solve's checked settings."""
+
+    t_min: float
+    t_max: float
+    solver: dfx.AbstractSolver
+    steps: Steps
+    throw: bool
+
+
+def ode_setup(
+    sde: AbstractSDE,
+    options: Mapping[str, Any],
+    *,
+    spacing: str | None = None,
+    default_spacing: str = "t",
+    t_switch: float | None = None,
+    to_noise: bool = False,
+) -> Setup:
+    """The time range, solver, steps and `throw` of a probability-flow solve from
+    the `SolveOptions` a sampler was given (see `steps` for the rest); other keys
+    of `options` are the sampler's own."""
+    options = cast(SolveOptions, options)
+    t_min, t_max = sde.time_range(options.get("t_min"), options.get("t_max"))
+    grid = steps(
+        sde,
+        t_min,
+        t_max,
+        num_steps=options.get("num_steps"),
+        stepsize_controller=options.get("stepsize_controller"),
+        spacing=spacing,
+        default_spacing=default_spacing,
+        max_steps=options.get("max_steps", 16_384),
+        jump_tau=None if t_switch is None else t_max - t_switch,
+        to_noise=to_noise,
+    )
+    solver = options.get("solver")
+    solver = dfx.Tsit5() if solver is None else solver
+    return Setup(t_min, t_max, solver, grid, options.get("throw", True))
+
+
 # ------------------------------------------------------------- start state
 
 
@@ -248,7 +329,8 @@ def initial_noise(
 ) -> Float[Array, "n *d"]:
     """The starting batch at `t_max`: `x_init` as given (checked: a batch, finite),
     or `num_samples` draws of shape `shape` from $\\mathcal N(0, \\sigma_{t_{max}}^2
-    I)$ with `key`."""
+    I)$ with the first half of `jax.random.split(key)` (a sampler that needs more
+    randomness takes the second)."""
     if x_init is not None:
         if num_samples is not None or shape is not None:
             raise ValueError(
@@ -278,9 +360,9 @@ def initial_noise(
             "`shape` must be the shape of one example, a tuple of positive integers "
             f"such as (2,) or (28, 28, 1); got {shape!r}."
         )
-    key = check_key(key, "Drawing the initial noise needs a random key")
+    init_key, _ = jax.random.split(check_key(key, "Drawing the initial noise"))
     std = sde.sigma(t_max)
-    return std * jax.random.normal(key, (num_samples, *shape))
+    return std * jax.random.normal(init_key, (num_samples, *shape))
 
 
 def initial_log_q(
