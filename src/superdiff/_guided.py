@@ -137,7 +137,9 @@ def sample_density_guided(
                 "are functions of the realised Euler–Maruyama step. Got "
                 f"`{type(solver).__name__}`."
             )
-        if options.get("num_steps") is None or options.get("stepsize_controller"):
+        if options.get("num_steps") is None or (
+            options.get("stepsize_controller") is not None
+        ):
             raise ValueError(
                 "Stochastic density guidance takes fixed steps: give `num_steps` "
                 "(and `spacing`), not `stepsize_controller`."
