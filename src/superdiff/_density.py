@@ -24,6 +24,7 @@ from ._solve import (
     Samples,
     Setup,
     SolveOptions,
+    check_finite_scores,
     check_key,
     check_options,
     initial_noise,
@@ -85,9 +86,11 @@ def log_prob_ode(
     # Data to noise: τ runs backwards, from t_max - t_min to 0 (fine for ODE solvers).
     setup = ode_setup(sde, options, to_noise=True)
     x = initial_noise(
-        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x
+        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x, name="x"
     )
-    check_family(score_family(score), setup.t_min, x[0])
+    family = score_family(score)
+    check_family(family, setup.t_min, x[0])
+    x = check_finite_scores(family, setup.t_min, x)
     zeros = jnp.zeros(x.shape[0], x.dtype)
     y1, result = _flow(score, sde, x, zeros, divergence, key, setup)
     # y1.log_q = log q_{t_max}(z) - log q_{t_min}(x) along the flow.
@@ -116,7 +119,9 @@ def sample_ode_with_density(
     x = initial_noise(
         sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x_init
     )
-    check_family(score_family(score), setup.t_max, x[0])
+    family = score_family(score)
+    check_family(family, setup.t_max, x[0])
+    x = check_finite_scores(family, setup.t_max, x)
     log_q = prior_log_prob(sde, setup.t_max, x)
     y1, result = _flow(score, sde, x, log_q, divergence, key, setup)
     assert y1.log_q is not None

@@ -171,6 +171,11 @@ def score_family(
         return models
     if callable(models):
         models = (models,)
+    if not isinstance(models, Sequence):
+        raise TypeError(
+            "`models` must be a score `(t, x) -> score`, a sequence of them, or a "
+            f"score family; got {type(models).__name__}."
+        )
     models = tuple(models)
     if len(models) == 0:
         raise ValueError("Expected at least one score model; got none.")

@@ -11,6 +11,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._sde import AbstractSDE
@@ -73,6 +74,7 @@ class GaussianMixture(eqx.Module):
             raise ValueError(
                 f"`weights` must have shape ({num},); got {weights.shape}."
             )
+        _check_mixture(means, cov, weights)
         self.means = means
         self.covariances = cov
         self.variances = variances
@@ -184,3 +186,30 @@ class GaussianMixture(eqx.Module):
                 f"Expected one example of shape ({self.dim},) (vmap for batches); "
                 f"got shape {jnp.shape(x)}."
             )
+
+
+def _check_mixture(means: Array, covariances: Array, weights: Array) -> None:
+    """Refuse, naming the component, what has no density: non-finite means, a
+    covariance that is not symmetric positive definite, negative or non-finite
+    weights, weights summing to zero. (Skipped when the values are traced.)"""
+    try:
+        mu, cov, w = (np.asarray(a) for a in (means, covariances, weights))
+    except jax.errors.ConcretizationTypeError:
+        return
+    if not np.all(np.isfinite(mu)):
+        raise ValueError("`means` must be finite; got NaN or inf.")
+    for k, c in enumerate(cov):
+        if not (np.all(np.isfinite(c)) and np.allclose(c, c.T)):
+            raise ValueError(
+                f"Covariance {k} must be finite and symmetric; got {c.tolist()}."
+            )
+        smallest = float(np.linalg.eigvalsh(c)[0])
+        if not smallest > 0:
+            raise ValueError(
+                f"Covariance {k} must be positive definite (variances > 0); its "
+                f"smallest eigenvalue is {smallest}."
+            )
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+        raise ValueError(
+            f"`weights` must be non-negative, finite and not all zero; got {w.tolist()}."
+        )

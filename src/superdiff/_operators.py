@@ -373,14 +373,19 @@ def and_weights(
 ) -> Float[Array, " M"]:
     """The AND weights for any number of models (Skreta et al. 2025, Prop. 6); see
     `And` for the system solved and the rule at degenerate points. `offsets` are
-    added to each model's increment before equalising (the curvature correction)."""
+    added to each model's increment before equalising (the curvature correction).
+    A step of no length ($h = g^2 d\\tau \\le 0$) moves nothing, and gets uniform
+    weights."""
     num = scores.shape[0]
     flat, basis, reduced, eigvecs, inv = _difference_eigensystem(scores, rtol)
-    v = flat @ noise.reshape(-1) - 0.5 * h * jnp.sum(flat**2, axis=1)
+    h = jnp.asarray(h, flat.dtype)
+    moving = h > 0
+    safe_h = jnp.where(moving, h, 1.0)
+    v = flat @ noise.reshape(-1) - 0.5 * safe_h * jnp.sum(flat**2, axis=1)
     if offsets is not None:
         v = v + offsets
-    rhs = -(basis.T @ v / h + reduced @ jnp.mean(flat, axis=0))
-    z = eigvecs @ (inv * (eigvecs.T @ rhs))
+    rhs = -(basis.T @ v / safe_h + reduced @ jnp.mean(flat, axis=0))
+    z = jnp.where(moving, eigvecs @ (inv * (eigvecs.T @ rhs)), 0.0)
     return 1.0 / num + basis @ z
 
 

@@ -276,6 +276,17 @@ def ode_setup(
     )
     solver = options.get("solver")
     solver = dfx.Tsit5() if solver is None else solver
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(
+            f"`solver` must be a Diffrax solver such as `diffrax.Tsit5()`; got "
+            f"{type(solver).__name__}."
+        )
+    if solver.term_structure is not dfx.AbstractTerm:
+        raise ValueError(
+            "The probability-flow samplers solve one ODE term, so `solver` must be an "
+            f"ODE solver (Tsit5, Dopri5, Heun, Euler, ...); got `{type(solver).__name__}`, "
+            f"which expects terms of the structure {solver.term_structure}."
+        )
     return Setup(t_min, t_max, solver, grid, options.get("throw", True))
 
 
@@ -326,26 +337,27 @@ def initial_noise(
     num_samples: int | None,
     shape: Sequence[int] | None,
     x_init: ArrayLike | None,
+    name: str = "x_init",
 ) -> Float[Array, "n *d"]:
     """The starting batch at `t_max`: `x_init` as given (checked: a batch, finite),
     or `num_samples` draws of shape `shape` from $\\mathcal N(0, \\sigma_{t_{max}}^2
     I)$ with the first half of `jax.random.split(key)` (a sampler that needs more
-    randomness takes the second)."""
+    randomness takes the second). `name` is what the caller calls `x_init`."""
     if x_init is not None:
         if num_samples is not None or shape is not None:
             raise ValueError(
-                "Give either `x_init` (a batch of noise) or `num_samples` and `shape`, "
-                "not both."
+                f"Give either `{name}` (a batch of noise) or `num_samples` and "
+                "`shape`, not both."
             )
         x = jnp.asarray(x_init)
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(
-                f"`x_init` must be a non-empty batch of shape (n, *d); got shape "
+                f"`{name}` must be a non-empty batch of shape (n, *d); got shape "
                 f"{x.shape}."
             )
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(float)
-        return _error_if_not_finite(x, "x_init")
+        return _error_if_not_finite(x, name)
     if num_samples is None or shape is None:
         raise ValueError(
             "Give either `x_init` (a batch of noise) or both `num_samples` and "
@@ -394,8 +406,9 @@ def check_finite_scores(
 ) -> Float[Array, "n *d"]:
     """`x`, after one evaluation of every model on its first few examples raises if
     a model returned NaN or inf, naming the model(s): before the long solve, so that
-    the model is blamed (not a NaN result after it). Thread the returned `x` on so
-    that the check runs before the solve."""
+    the model is blamed (not a NaN result after it, or an adaptive solver that runs
+    out of steps). Thread the returned `x` on so that the check runs before the
+    solve."""
     scores = family.batched(t, x[:8])
     finite = jnp.all(jnp.isfinite(scores.reshape(*scores.shape[:2], -1)), axis=(0, 2))
     num = family.num_models
@@ -406,7 +419,7 @@ def check_finite_scores(
         bits = jnp.argmin(finite)
         bad_sets = [[i] for i in range(num)]
     messages = [
-        f"Score model(s) {bad} returned NaN or inf at t={t} on the initial noise; "
+        f"Score model(s) {bad} returned NaN or inf at t={t} on the starting points; "
         "expected finite scores."
         for bad in bad_sets
     ]
