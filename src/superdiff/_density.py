@@ -1,9 +1,9 @@
-"""Log-densities along the probability-flow ODE (Chen et al. 2018; Song et al. 2021,
+r"""Log-densities along the probability-flow ODE (Chen et al. 2018; Song et al. 2021,
 App. D.2; Skreta et al. 2025, Prop. 5; `docs/math.md` §4).
 
 Along $dx/d\tau = u_\tau(x) = -f_t x + \tfrac{g_t^2}{2} s_t(x)$, the model's own
-probability-flow field, $\frac{d}{d\tau}\\log q_{t}(x_\tau) = -\nabla\\cdot u =
-d f_t - \tfrac{g_t^2}{2}\nabla\\cdot s_t$. Unlike the Itô estimator this needs the
+probability-flow field, $\frac{d}{d\tau}\log q_{t}(x_\tau) = -\nabla\cdot u =
+d f_t - \tfrac{g_t^2}{2}\nabla\cdot s_t$. Unlike the Itô estimator this needs the
 divergence of the network: exactly ($d$ JVPs) or by Hutchinson's estimator.
 """
 

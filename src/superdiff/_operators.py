@@ -1,10 +1,10 @@
-"""Superposition operators: how the M scores are weighted at each step.
+r"""Superposition operators: how the M scores are weighted at each step.
 
 An operator is a small value that the sampler applies (in the spirit of Optax's
 transformations): per example and per step it maps what it sees of the step (an
 `OperatorInputs`: the scores, the tracked log-densities, the step's noise) to weights
-$\\kappa$ with $\\sum_i\\kappa_i = 1$; the sampler then moves with
-$dx = (-f x + g^2\\sum_i\\kappa_i s_i)\\,d\tau + g\\,dW$ (Skreta et al. 2025,
+$\kappa$ with $\sum_i\kappa_i = 1$; the sampler then moves with
+$dx = (-f x + g^2\sum_i\kappa_i s_i)\,d\tau + g\,dW$ (Skreta et al. 2025,
 Algorithm 1; `docs/math.md` §5). A new operator is one subclass of
 `AbstractOperator`; the terms and samplers do not change.
 """

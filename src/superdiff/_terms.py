@@ -1,4 +1,4 @@
-"""Reverse-time dynamics as Diffrax terms, in forward reverse time $\tau$.
+r"""Reverse-time dynamics as Diffrax terms, in forward reverse time $\tau$.
 
 Everything here is integrated from $\tau = 0$ (noise, $t = t_{max}$) to
 $\tau = t_{max} - t_{min}$ (data), with $t = t_{max} - \tau$. Writing the reverse
@@ -8,8 +8,8 @@ Diffrax's SDE solvers behave (`docs/math.md`, preamble and §3).
 - `reverse_sde_terms`: the reverse SDE of one score (`docs/math.md` §2), for any
   Diffrax SDE solver.
 - `ProbabilityFlow`: the probability-flow ODE, optionally with a guidance rule and
-  with $\\log q$ integrated alongside (`docs/math.md` §4, §6), for any ODE solver.
-- `SuperpositionTerm`: M superposed models with every $\\log q^i$ tracked
+  with $\log q$ integrated alongside (`docs/math.md` §4, §6), for any ODE solver.
+- `SuperpositionTerm`: M superposed models with every $\log q^i$ tracked
   (`docs/math.md` §3, §5), for `diffrax.Euler`.
 - `StochasticGuidanceTerm`: stochastic density guidance (`docs/math.md` §6), for
   `diffrax.Euler`.
