@@ -26,7 +26,7 @@ import superdiff as sd
 def tracked_error(g, sde, x1, lq1, key, solver, estimator, num_steps):
     term = sd.SuperpositionTerm(
         sde, sd.score_family(g.score), sd.Single(), dfx.UnsafeBrownianPath(x1.shape, key),
-        estimator=estimator,
+        estimator=estimator, euler_only=False,  # measures what other solvers get wrong
     )  # fmt: skip
     span = sde.t_max - sde.t_min
     sol = dfx.diffeqsolve(

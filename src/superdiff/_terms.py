@@ -170,12 +170,22 @@ class _Evaluation(eqx.Module):
     """What the vector field gives the step: the scores at the current point and the
     schedule's coefficients. One network evaluation per model."""
 
+    tau: Float[Array, ""]
     t: Float[Array, ""]
     x: Float[Array, "n *d"]
     log_q: Float[Array, "n M"]
     scores: Float[Array, "n M *d"]
     f: Float[Array, ""]
     g2: Float[Array, ""]
+
+
+_NOT_EULER = (
+    "SuperpositionTerm is exact only under `diffrax.Euler()`: its weights and "
+    "log-density increments are functions of the realised step taken from the start "
+    "of each step, but the solver evaluated the term inside a step (a multi-stage "
+    "solver such as Heun, Midpoint or ReversibleHeun, which would integrate the "
+    "tracked log q to a wrong limit). Use `diffrax.Euler()`."
+)
 
 
 class SuperpositionTerm(dfx.AbstractTerm):
@@ -194,7 +204,11 @@ class SuperpositionTerm(dfx.AbstractTerm):
 
     Because the weights and the estimate are functions of the realised step, this
     term is exact only under a solver that takes one Euler step with the whole
-    control: `diffrax.Euler`. The samplers check that; see `docs/solvers.md`.
+    control: `diffrax.Euler`. `sample` checks the solver before it starts; the term
+    itself raises at run time if a solver evaluates it inside a step (Heun,
+    Midpoint, ReversibleHeun, ...), unless built with `euler_only=False`, which is
+    only for measuring what such solvers get wrong (`benchmarks/solver_accuracy.py`,
+    `docs/solvers.md`).
     """
 
     family: AbstractScoreFamily
@@ -203,6 +217,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
     brownian: dfx.AbstractBrownianPath
     sde: AbstractSDE
     t_max: float
+    euler_only: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -212,6 +227,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
         brownian: dfx.AbstractBrownianPath,
         estimator: AbstractDensityEstimator | None = None,
         t_max: float | None = None,
+        euler_only: bool = True,
     ):
         self.family = family
         self.operator = operator
@@ -219,10 +235,12 @@ class SuperpositionTerm(dfx.AbstractTerm):
         self.brownian = brownian
         self.sde = sde
         self.t_max = sde.t_max if t_max is None else float(t_max)
+        self.euler_only = euler_only
 
     def vf(self, t, y: SuperpositionState, args) -> _Evaluation:
         model_t = self.t_max - jnp.asarray(t)
         return _Evaluation(
+            jnp.asarray(t),
             model_t,
             y.x,
             y.log_q,
@@ -232,10 +250,14 @@ class SuperpositionTerm(dfx.AbstractTerm):
         )
 
     def contr(self, t0, t1, **kwargs):
-        return t1 - t0, self.brownian.evaluate(t0, t1, **kwargs)
+        return jnp.asarray(t0), t1 - t0, self.brownian.evaluate(t0, t1, **kwargs)
 
     def prod(self, vf: _Evaluation, control) -> SuperpositionState:
-        dtau, dw = control
+        tau0, dtau, dw = control
+        # The term refuses solvers other than Euler: their later stages evaluate it
+        # inside the step, away from where the control starts.
+        if self.euler_only:
+            dw = eqx.error_if(dw, vf.tau != tau0, _NOT_EULER)
         f, g2 = vf.f, vf.g2
         h = g2 * dtau
         noise = jnp.sqrt(g2) * dw
