@@ -600,3 +600,30 @@ def test_user_defined_mixture_operator_samples_the_mixture():
     assert abs(share - 0.8) < 4 * math.sqrt(0.16 / NUM), share
     _assert_component(out.x[right], 1.5)
     _assert_component(out.x[~right], -1.5)
+
+
+@pytest.mark.parametrize("operator", [sd.Or(), sd.And()], ids=["or", "and"])
+def test_the_estimator_changes_only_the_reported_log_q(operator):
+    # The kernel-ratio increment is the Itô one plus terms the same for every model
+    # (docs/math.md §3), so OR's softmax weights and AND's equalised increments do
+    # not depend on the estimator: with the same noise the samples agree to float
+    # rounding, and so do the differences log q^1 - log q^2; the log q differ.
+    runs = [
+        sd.sample(
+            PAIR,
+            SDE,
+            operator,
+            key=jax.random.key(5),
+            num_samples=200,
+            shape=(2,),
+            num_steps=100,
+            estimator=estimator,
+        )  # fmt: skip
+        for estimator in (sd.ItoEstimator(), sd.KernelRatioEstimator())
+    ]
+    (ito, kernel) = runs
+    assert ito.log_q is not None and kernel.log_q is not None
+    np.testing.assert_allclose(ito.x, kernel.x, atol=1e-9)
+    gap = lambda out: out.log_q[:, 0] - out.log_q[:, 1]
+    np.testing.assert_allclose(gap(ito), gap(kernel), atol=1e-7)
+    assert float(jnp.max(jnp.abs(ito.log_q - kernel.log_q))) > 1e-3

@@ -49,8 +49,9 @@ class Samples(eqx.Module):
 
     - `x`: where the solve ended, `(n, *d)`: the samples at $t_{min}$; for
         `log_prob_ode`, the latents at $t_{max}$.
-    - `log_q`: each model's $\\log q^i$ at `x`'s start or end as the sampler says,
-        `(n, M)` (M = 1 for one model), or `None` when no density was computed.
+    - `log_q`: each model's $\\log q^i$, `(n, M)` (M = 1 for one model), or `None`
+        when no density was computed: of the samples for the samplers; of the input
+        data for `log_prob_ode` and `bits_per_dim` (whose `x` are the latents).
     - `extras`: whatever else the sampler computed, by name (for example `"bpd"`
         for `bits_per_dim`, `"alignment"` for `score_alignment`).
     - `result`: a `RESULTS` code; `RESULTS.successful` unless the sampler was called
