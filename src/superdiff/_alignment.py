@@ -10,16 +10,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._divergence import AbstractDivergence, ExactDivergence
-from ._family import ScoreFn, check_family, score_family
+from ._family import ScoreFn
 from ._sde import AbstractSDE
 from ._solve import (
     Samples,
     SolveOptions,
     check_key,
-    check_options,
-    initial_noise,
     integrate,
-    ode_setup,
+    ode_start,
 )
 from ._util import inner
 
@@ -107,10 +105,9 @@ def score_alignment(
         raise ValueError("`divergence` only applies with `method='divergence'`.")
     if method == "divergence":
         divergence = ExactDivergence() if divergence is None else divergence
-    check_options(options, SolveOptions)
-    t_min, t_max, solver, grid, throw = ode_setup(sde, options)
-    x = initial_noise(sde, t_max, key=None, num_samples=None, shape=None, x_init=x_init)
-    check_family(score_family(score), t_max, x[0])
+    (t_min, t_max, solver, grid, throw), x = ode_start(
+        score, sde, options, x_init=x_init
+    )
     probes = None
     if divergence is not None and divergence.probe_shape(x.shape) is not None:
         key = check_key(key, f"`{type(divergence).__name__}` draws random probes")

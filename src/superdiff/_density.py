@@ -17,19 +17,17 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._divergence import AbstractDivergence, ExactDivergence
-from ._family import ScoreFn, check_family, score_family
+from ._family import ScoreFn
 from ._sde import AbstractSDE
 from ._solve import (
     RESULTS,
     Samples,
     Setup,
     SolveOptions,
-    check_finite_scores,
     check_key,
     check_options,
-    initial_noise,
     integrate,
-    ode_setup,
+    ode_start,
     positive_int,
     prior_log_prob,
 )
@@ -82,15 +80,8 @@ def log_prob_ode(
     **Returns:** `Samples` with `log_q` the log-densities `(n, 1)` and `x` the
     latents at $t_{max}$.
     """
-    check_options(options, SolveOptions)
     # Data to noise: τ runs backwards, from t_max - t_min to 0 (fine for ODE solvers).
-    setup = ode_setup(sde, options, to_noise=True)
-    x = initial_noise(
-        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x, name="x"
-    )
-    family = score_family(score)
-    check_family(family, setup.t_min, x[0])
-    x = check_finite_scores(family, setup.t_min, x)
+    setup, x = ode_start(score, sde, options, x_init=x, name="x", to_noise=True)
     zeros = jnp.zeros(x.shape[0], x.dtype)
     y1, result = _flow(score, sde, x, zeros, divergence, key, setup)
     # y1.log_q = log q_{t_max}(z) - log q_{t_min}(x) along the flow.
@@ -114,14 +105,7 @@ def sample_ode_with_density(
 
     **Returns:** `Samples` with the samples and their $\log q_{t_{min}}$ `(n, 1)`.
     """
-    check_options(options, SolveOptions)
-    setup = ode_setup(sde, options)
-    x = initial_noise(
-        sde, setup.t_max, key=None, num_samples=None, shape=None, x_init=x_init
-    )
-    family = score_family(score)
-    check_family(family, setup.t_max, x[0])
-    x = check_finite_scores(family, setup.t_max, x)
+    setup, x = ode_start(score, sde, options, x_init=x_init)
     log_q = prior_log_prob(sde, setup.t_max, x)
     y1, result = _flow(score, sde, x, log_q, divergence, key, setup)
     assert y1.log_q is not None

@@ -18,11 +18,10 @@ from ._solve import (
     SolveOptions,
     check_finite_scores,
     check_key,
-    check_options,
     initial_log_q,
     initial_noise,
     integrate,
-    ode_setup,
+    ode_start,
     steps,
 )
 from ._terms import (
@@ -201,14 +200,10 @@ def sample_ode(
 
     **Returns:** `Samples` with the samples.
     """
-    check_options(options, SolveOptions)
-    setup = ode_setup(sde, options)
-    x = initial_noise(
-        sde, setup.t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
-    )
-    family = score_family(score)
-    check_family(family, setup.t_max, x[0])
-    x = check_finite_scores(family, setup.t_max, x)
+    setup, x = ode_start(
+        score, sde, options, x_init=x_init, key=key, num_samples=num_samples,
+        shape=shape,
+    )  # fmt: skip
     term = dfx.ODETerm(ProbabilityFlow(sde, score, setup.t_max))
     y1, result = integrate(
         term, setup.solver, FlowState(x), setup.steps, throw=setup.throw

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from ._family import AbstractScoreFamily
+from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
 
 
@@ -481,3 +481,36 @@ def integrate(
     if throw:
         y1 = result.error_if(y1, result != RESULTS.successful)
     return y1, result
+
+
+def ode_start(
+    score: ScoreFn,
+    sde: AbstractSDE,
+    options: SolveOptions,
+    *,
+    x_init: ArrayLike | None,
+    key: PRNGKeyArray | None = None,
+    num_samples: int | None = None,
+    shape: Sequence[int] | None = None,
+    name: str = "x_init",
+    to_noise: bool = False,
+) -> tuple[Setup, Float[Array, "n *d"]]:
+    """What every probability-flow sampler does before its solve: check its
+    `SolveOptions`, set the solve up (`ode_setup`), take or draw the starting batch
+    (`initial_noise`), and check the model on it, by shape and for finite scores at
+    the start time ($t_{min}$ when integrating from data to noise)."""
+    check_options(options, SolveOptions)
+    setup = ode_setup(sde, options, to_noise=to_noise)
+    x = initial_noise(
+        sde,
+        setup.t_max,
+        key=key,
+        num_samples=num_samples,
+        shape=shape,
+        x_init=x_init,
+        name=name,
+    )
+    family = score_family(score)
+    t_start = setup.t_min if to_noise else setup.t_max
+    check_family(family, t_start, x[0])
+    return setup, check_finite_scores(family, t_start, x)
