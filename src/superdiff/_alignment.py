@@ -15,7 +15,7 @@ from ._sde import AbstractSDE
 from ._solve import (
     Samples,
     SolveOptions,
-    check_key,
+    fixed_probes,
     integrate,
     ode_start,
 )
@@ -108,10 +108,7 @@ def score_alignment(
     (t_min, t_max, solver, grid, throw), x = ode_start(
         score, sde, options, x_init=x_init
     )
-    probes = None
-    if divergence is not None and divergence.probe_shape(x.shape) is not None:
-        key = check_key(key, f"`{type(divergence).__name__}` draws random probes")
-        probes = divergence.probes(x.shape, key=key)
+    probes = fixed_probes(divergence, x.shape, key)
     v = jax.vmap(lambda xi: score(t_max, xi))(x)
     y0 = AlignmentState(x, v, jax.vmap(inner)(v, v), probes)
     term = dfx.ODETerm(ScoreAlignmentFlow(sde, score, t_max, divergence))

@@ -26,6 +26,7 @@ from ._solve import (
     SolveOptions,
     check_key,
     check_options,
+    fixed_probes,
     integrate,
     ode_start,
     positive_int,
@@ -45,10 +46,7 @@ def _flow(
 ) -> tuple[FlowState, RESULTS]:
     """The PF-ODE with $\\log q$ integrated alongside, from `x` with `log_q`."""
     divergence = ExactDivergence() if divergence is None else divergence
-    probes = None
-    if divergence.probe_shape(x.shape) is not None:
-        key = check_key(key, f"`{type(divergence).__name__}` draws random probes")
-        probes = divergence.probes(x.shape, key=key)
+    probes = fixed_probes(divergence, x.shape, key)
     flow = ProbabilityFlow(sde, score, setup.t_max, divergence=divergence)
     y0 = FlowState(x, log_q, probes)
     return integrate(

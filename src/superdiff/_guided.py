@@ -26,6 +26,7 @@ from ._solve import (
     SolveOptions,
     check_key,
     check_options,
+    fixed_probes,
     initial_log_q,
     initial_noise,
     integrate,
@@ -184,10 +185,7 @@ def sample_density_guided(
         term = _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup)
         y0, adjoint, out_of_steps = FlowState(x, log_q), dfx.ForwardMode(), None
     else:
-        probes = None
-        if laplacian is not None and laplacian.probe_shape(x.shape) is not None:
-            key = check_key(key, f"`{type(laplacian).__name__}` draws random probes")
-            probes = laplacian.probes(x.shape, key=key)
+        probes = fixed_probes(laplacian, x.shape, key)
         flow = ProbabilityFlow(sde, score, setup.t_max, guidance, laplacian)
         term, y0 = dfx.ODETerm(flow), FlowState(x, log_q, probes)
         adjoint, out_of_steps = None, RESULTS.guidance_out_of_reach

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._divergence import AbstractDivergence
 from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
 
@@ -309,6 +310,17 @@ def check_key(key, why: str) -> PRNGKeyArray:
             f"`key` must be a JAX random key such as `jax.random.key(0)`; got {key!r}."
         )
     return key
+
+
+def fixed_probes(
+    divergence: AbstractDivergence | None, shape: tuple[int, ...], key
+) -> Array | None:
+    """The divergence's probes for a batch of `shape`, drawn once per solve with
+    `key` (which must then be given); `None` for divergences that draw none."""
+    if divergence is None or divergence.probe_shape(shape) is None:
+        return None
+    key = check_key(key, f"`{type(divergence).__name__}` draws random probes")
+    return divergence.probes(shape, key=key)
 
 
 def prior_log_prob(
