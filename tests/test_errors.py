@@ -181,7 +181,7 @@ def test_superposition_term_refuses_solvers_other_than_euler(solver):
         VP, sd.score_family(LEFT.score), sd.Single(),
         dfx.UnsafeBrownianPath(shape=x1.shape, key=KEY),
     )  # fmt: skip
-    y0 = sd.SuperpositionState(x1, jnp.zeros((8, 1)))
+    y0 = term.init(x1, jnp.zeros((8, 1)))
 
     def solve(solver):
         return dfx.diffeqsolve(
@@ -192,3 +192,19 @@ def test_superposition_term_refuses_solvers_other_than_euler(solver):
         solve(solver)
     sol = solve(dfx.Euler())
     assert sol.ys is not None and bool(jnp.all(jnp.isfinite(sol.ys.log_q)))
+
+
+def test_superposition_term_asks_for_its_initial_state():
+    # The kernel ratio's curvature correction keeps a carry between steps: a state
+    # built without it is refused with the way to build one.
+    x1 = jax.random.normal(KEY, (8, 2))
+    term = sd.SuperpositionTerm(
+        VP, sd.score_family(LEFT.score), sd.Single(),
+        dfx.UnsafeBrownianPath(shape=x1.shape, key=KEY),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"SuperpositionTerm.init"):
+        dfx.diffeqsolve(
+            term, dfx.Euler(), t0=0.0, t1=0.5, dt0=0.05,
+            y0=sd.SuperpositionState(x1, jnp.zeros((8, 1))),
+            adjoint=dfx.ForwardMode(),
+        )  # fmt: skip

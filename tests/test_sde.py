@@ -174,3 +174,14 @@ def test_check_time(sde):
     for bad in [0.0, sde.t_min / 2, sde.t_max + 1e-3, 2.0, -1.0]:
         with pytest.raises(ValueError, match="t_min, t_max"):
             sde.check_time(bad, "t")
+
+
+def test_ve_schedule_works_with_traced_fields():
+    # A mixture (which holds its SDE) passed through `jit` traces the SDE's fields.
+    sde = sd.VESDE()
+    g = sd.GaussianMixture(jnp.zeros((1, 2)), jnp.array([0.5]), sde)
+    t = jnp.asarray(0.3)
+    expected = g.log_prob(t, jnp.ones(2))
+    traced = jax.jit(lambda g: g.log_prob(t, jnp.ones(2)))(g)
+    assert jnp.allclose(traced, expected, rtol=1e-6)
+    assert jnp.allclose(jax.jit(lambda s: s.sigma(t))(sde), sde.sigma(t), rtol=1e-6)

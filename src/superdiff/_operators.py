@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._estimators import AbstractDensityEstimator, ItoEstimator
+from ._estimators import AbstractDensityEstimator, ItoEstimator, KernelRatioEstimator
 from ._family import AbstractScoreFamily, ScoreFn
 
 
@@ -75,6 +75,8 @@ class AbstractOperator(eqx.Module):
         weights read neither the log-densities nor the step's noise.
     - `check`: raise, before any computation, if the rule cannot weight this many
         models, or not with this density estimator.
+    - `default_estimator`: the density estimator used when the caller names none
+        (the kernel ratio with its curvature correction, the most accurate).
 
     `needs_density` says whether the weights read `log_q`, `noise` or `h`; sampling
     then tracks the densities along the realised Euler–Maruyama step.
@@ -98,6 +100,10 @@ class AbstractOperator(eqx.Module):
         SDE solver): a callable `(t, x) -> score` on one example. Only for operators
         with `needs_density = False`."""
         return WeightedScore(family, self)
+
+    def default_estimator(self) -> AbstractDensityEstimator:
+        """The density estimator to track `log_q` with when none is named."""
+        return KernelRatioEstimator()
 
     def check(
         self, num_models: int, estimator: AbstractDensityEstimator | None = None
@@ -323,6 +329,16 @@ class And(AbstractOperator):
             shrink = jnp.minimum(1.0, room / jnp.maximum(jnp.max(jnp.abs(dev)), room))
             kappa = 1.0 / num + dev * shrink
         return kappa, shrink
+
+    def default_estimator(self):
+        # AND equalises each step's increments across the models. The kernel
+        # ratio's curvature correction of a step is known only at the next one and
+        # differs between models, so AND could not equalise it: AND tracks with
+        # the uncorrected ratio, or with Itô under its own curvature correction,
+        # which is written for Itô's increments.
+        if self.curvature_correction:
+            return ItoEstimator()
+        return KernelRatioEstimator(curvature_correction=False)
 
     def check(self, num_models, estimator=None):
         if num_models < 2:

@@ -9,7 +9,7 @@ import diffrax as dfx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._estimators import AbstractDensityEstimator, ItoEstimator
+from ._estimators import AbstractDensityEstimator
 from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
 from ._operators import AbstractOperator, Single
 from ._sde import AbstractSDE
@@ -27,7 +27,6 @@ from ._solve import (
 from ._terms import (
     FlowState,
     ProbabilityFlow,
-    SuperpositionState,
     SuperpositionTerm,
     reverse_sde_terms,
 )
@@ -46,6 +45,7 @@ def sample(
     shape: tuple[int, ...] | None = None,
     x_init: Float[Array, "n *d"] | None = None,
     num_steps: int = 1000,
+    spacing: str | None = None,
     solver: dfx.AbstractSolver | None = None,
     track_density: bool | None = None,
     estimator: AbstractDensityEstimator | None = None,
@@ -69,14 +69,19 @@ def sample(
     - `num_samples`, `shape`: how many examples of which shape to draw from
         $\\mathcal N(0, \\sigma_{t_{max}}^2 I)$; or `x_init`, a batch of starting
         noise at `t_max`.
-    - `num_steps`: uniform steps in $t$ from `t_max` to `t_min`.
+    - `num_steps`: the number of steps from `t_max` to `t_min`.
+    - `spacing`: where the steps go: `"t"` (uniform in $t$) or `"log_snr"`
+        (uniform in the log-SNR). By default `"log_snr"` when the densities are
+        tracked, where it makes the tracked $\\log q$ several times more accurate
+        at equal steps (`docs/density.md`), and `"t"` otherwise.
     - `solver`: any Diffrax SDE solver when the density is not tracked (the noise
         is additive, so all converge to the same law); `diffrax.Euler()` when it
         is (the default).
     - `track_density`: track each model's $\\log q^i$ along the path (always on for
         operators that need it, such as `Or` and `And`).
-    - `estimator`: `ItoEstimator()` (default; Skreta et al. Eq. 90) or
-        `KernelRatioEstimator()` (Eq. 89, more accurate at equal steps).
+    - `estimator`: `KernelRatioEstimator()` (Skreta et al. Eq. 89 with a curvature
+        correction; the default, the most accurate) or `ItoEstimator()` (Eq. 90);
+        the operator may ask for another (`AbstractOperator.default_estimator`).
     - `log_q_init`: $\\log q^i_{t_{max}}(x_{init})$, `(n, M)`; by default the
         starting noise's own log-density, which all models share.
     - `t_min`, `t_max`: the time range, within the schedule's.
@@ -93,7 +98,6 @@ def sample(
         )
     family = score_family(models)
     t_min, t_max = sde.time_range(t_min, t_max)
-    grid = steps(sde, t_min, t_max, num_steps=num_steps)
     key = check_key(key, "Sampling the reverse SDE")
     x = initial_noise(
         sde, t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
@@ -106,10 +110,18 @@ def sample(
             f"`{type(operator).__name__}` weighs the models by their log-densities, "
             "so it needs `track_density=True`."
         )
+    grid = steps(
+        sde,
+        t_min,
+        t_max,
+        num_steps=num_steps,
+        spacing=spacing,
+        default_spacing="log_snr" if track else "t",
+    )
     solver = dfx.Euler() if solver is None else solver
     _check_sde_solver(solver, track)
     if track:
-        estimator = ItoEstimator() if estimator is None else estimator
+        estimator = operator.default_estimator() if estimator is None else estimator
     elif estimator is not None or log_q_init is not None:
         raise ValueError(
             "`estimator` and `log_q_init` only apply with `track_density=True`."
@@ -122,11 +134,11 @@ def sample(
         term = SuperpositionTerm(
             sde, family, operator, _brownian(x, key), estimator=estimator, t_max=t_max
         )
-        y0 = SuperpositionState(x, log_q)
         y1, result = integrate(
-            term, solver, y0, grid, adjoint=dfx.ForwardMode(), throw=throw
-        )
-        return Samples(y1.x, y1.log_q, result=result)
+            term, solver, term.init(x, log_q), grid, adjoint=dfx.ForwardMode(),
+            throw=throw,
+        )  # fmt: skip
+        return Samples(y1.x, term.finish(grid.t1, y1), result=result)
     brownian = _brownian(x, key, solver)
     terms = reverse_sde_terms(sde, operator.mixed_score(family), brownian, t_max)
     x1, result = integrate(

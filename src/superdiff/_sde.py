@@ -230,11 +230,12 @@ class VESDE(AbstractSDE):
         return jnp.zeros_like(jnp.asarray(t, dtype=float))
 
     def log_sigma(self, t):
-        log_ratio = math.log(self.sigma_max / self.sigma_min)
-        return jnp.asarray(math.log(self.sigma_min) + t * log_ratio)
+        # jnp, not math: the fields may be traced (a mixture passed through `jit`).
+        log_ratio = jnp.log(self.sigma_max / self.sigma_min)
+        return jnp.log(self.sigma_min) + jnp.asarray(t) * log_ratio
 
     def drift_coef(self, t):
         return jnp.zeros_like(jnp.asarray(t, dtype=float))
 
     def diffusion_squared(self, t):
-        return 2 * math.log(self.sigma_max / self.sigma_min) * self.sigma(t) ** 2
+        return 2 * jnp.log(self.sigma_max / self.sigma_min) * self.sigma(t) ** 2

@@ -23,10 +23,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from ._divergence import AbstractDivergence
-from ._estimators import AbstractDensityEstimator, ItoEstimator
+from ._estimators import AbstractDensityEstimator
 from ._family import AbstractScoreFamily, ScoreFn, batched
 from ._guidance import AbstractGuidance, sigma_score_norm2
 from ._operators import AbstractOperator, OperatorInputs, weighted_sum
@@ -160,10 +160,14 @@ class ProbabilityFlow(eqx.Module):
 
 
 class SuperpositionState(eqx.Module):
-    """The augmented state: samples and every model's tracked log-density."""
+    """The augmented state: samples, every model's tracked log-density, and what the
+    density estimator keeps of the last step for its correction (`carry`, per
+    example and model; `None` for estimators without one). Build it with
+    `SuperpositionTerm.init`."""
 
     x: Float[Array, "n *d"]
     log_q: Float[Array, "n M"]
+    carry: PyTree[Array] | None = None
 
 
 class _Evaluation(eqx.Module):
@@ -177,6 +181,8 @@ class _Evaluation(eqx.Module):
     scores: Float[Array, "n M *d"]
     f: Float[Array, ""]
     g2: Float[Array, ""]
+    carry: PyTree[Array] | None
+    pending: Float[Array, "n M"]
 
 
 _NOT_EULER = (
@@ -201,6 +207,12 @@ class SuperpositionTerm(dfx.AbstractTerm):
        (`AbstractOperator.mix`), given this step's noise $g\,dW$ (AND needs it);
     3. $dx = (-f x + g^2\sum_i\kappa_i s_i)\,d\tau + g\,dW$;
     4. $\Delta\log q^i$ from the realised $dx$ by the estimator, plus $c_i$.
+
+    An estimator with a correction that needs the score at the step's end
+    (`KernelRatioEstimator`'s curvature correction) gets it in the next step's
+    `vf`, before the weights are computed, so the weights read corrected
+    log-densities; the last step's correction is `finish`'s, after the solve. Start
+    the solve from `init(x, log_q)`.
 
     Because the weights and the estimate are functions of the realised step, this
     term is exact only under a solver that takes one Euler step with the whole
@@ -231,23 +243,72 @@ class SuperpositionTerm(dfx.AbstractTerm):
     ):
         self.family = family
         self.operator = operator
-        self.estimator = ItoEstimator() if estimator is None else estimator
+        self.estimator = (
+            operator.default_estimator() if estimator is None else estimator
+        )
         self.brownian = brownian
         self.sde = sde
         self.t_max = sde.t_max if t_max is None else float(t_max)
         self.euler_only = euler_only
 
+    def init(
+        self, x: Float[Array, "n *d"], log_q: Float[Array, "n M"]
+    ) -> SuperpositionState:
+        """The starting state: `x` and `log_q` with a carry of zeros (no
+        correction for the step before the first)."""
+
+        def one_carry(x):
+            return self.estimator.carry(x, x, x, 0.0, 1.0, 0.0)
+
+        shapes = jax.eval_shape(jax.vmap(one_carry), x)
+        if shapes is None:
+            return SuperpositionState(x, log_q)
+        carry = jax.tree.map(
+            lambda a: jnp.zeros((a.shape[0], log_q.shape[1]) + a.shape[1:], a.dtype),
+            shapes,
+        )
+        return SuperpositionState(x, log_q, carry)
+
+    def _corrections(self, carry, scores: Array) -> Array:
+        if carry is None:
+            return jnp.zeros(scores.shape[:2], scores.dtype)
+        return jax.vmap(jax.vmap(self.estimator.correction))(carry, scores)
+
+    def finish(self, tau, y: SuperpositionState) -> Float[Array, "n M"]:
+        """The log-densities at the end of the solve (reverse time `tau`), with the
+        last step's correction, which needs the scores there: one more network
+        call per model, made only by estimators that have a correction."""
+        if y.carry is None:
+            return y.log_q
+        scores = self.family.batched(self.t_max - jnp.asarray(tau), y.x)
+        return y.log_q + self._corrections(y.carry, scores)
+
     def vf(self, t, y: SuperpositionState, args) -> _Evaluation:
         model_t = self.t_max - jnp.asarray(t)
+        if y.carry is None and self._has_carry(y.x[0]):
+            raise ValueError(
+                f"`{type(self.estimator).__name__}` keeps a carry between steps; "
+                "start the solve from `SuperpositionTerm.init(x, log_q)`."
+            )
+        scores = self.family.batched(model_t, y.x)
+        pending = self._corrections(y.carry, scores)
         return _Evaluation(
             jnp.asarray(t),
             model_t,
             y.x,
-            y.log_q,
-            self.family.batched(model_t, y.x),
+            y.log_q + pending,
+            scores,
             self.sde.drift_coef(model_t),
             self.sde.diffusion_squared(model_t),
+            y.carry,
+            pending,
         )
+
+    def _has_carry(self, x: Array) -> bool:
+        shapes = jax.eval_shape(
+            lambda x: self.estimator.carry(x, x, x, 0.0, 1.0, 0.0), x
+        )
+        return shapes is not None
 
     def contr(self, t0, t1, **kwargs):
         return jnp.asarray(t0), t1 - t0, self.brownian.evaluate(t0, t1, **kwargs)
@@ -269,10 +330,18 @@ class SuperpositionTerm(dfx.AbstractTerm):
             dlog_q = jax.vmap(
                 lambda s: self.estimator.increment(x, dx, s, f, g2, dtau)
             )(scores)
-            return dx, dlog_q + correction
+            carry = jax.vmap(lambda s: self.estimator.carry(x, dx, s, f, g2, dtau))(
+                scores
+            )
+            return dx, dlog_q + correction, carry
 
-        dx, dlog_q = jax.vmap(one)(vf.x, vf.log_q, vf.scores, noise)
-        return SuperpositionState(dx, dlog_q)
+        dx, dlog_q, carry = jax.vmap(one)(vf.x, vf.log_q, vf.scores, noise)
+        # `vf.log_q` already holds the previous step's correction; Euler adds the
+        # returned state to the old one, so the carry is returned as a change.
+        dlog_q = dlog_q + vf.pending
+        if carry is not None:
+            carry = jax.tree.map(jnp.subtract, carry, vf.carry)
+        return SuperpositionState(dx, dlog_q, carry)
 
 
 # ------------------------------------------------------- stochastic guidance
