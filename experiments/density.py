@@ -73,12 +73,12 @@ def union_model(args, sde) -> tuple[sd.EpsilonScore, dict]:
     optimizer = sd.train.make_optimizer(2e-3, warmup_steps=200)
     state = sd.train.init_train_state(network, optimizer, seed=args.seed)
     shared = args.two_moons_dir / "checkpoints" / "union.eqx"
-    if shared.is_file():
+    if shared.exists():  # a folder of checkpoints written by `fit`
         try:
             state, _ = sd.train.load_checkpoint(shared, state)
             info = {"source": str(shared), "train_steps": int(state.step)}
             return sd.EpsilonScore(state.ema, sde), info
-        except ValueError as err:
+        except sd.train.CheckpointError as err:
             print(f"not using {shared}: {err}")
     data = sd.data.two_moons(
         20_000, key=jax.random.split(jax.random.key(args.seed), 10)[2], moon="both"

@@ -64,7 +64,7 @@ def test_split_mnist_runs_end_to_end_and_resumes(tmp_path):
     ):
         assert (out / name).is_file(), name
     for model in ("classifier", "low", "high", "full"):
-        assert (out / "checkpoints" / f"{model}.eqx").is_file(), model
+        assert (out / "checkpoints" / f"{model}.eqx" / "step-00000002.ckpt").is_file()
     assert sorted(p.name for p in (out / "grids" / "low").iterdir()) == [
         "step_000001.png",
         "step_000002.png",

@@ -2,6 +2,7 @@
 checkpoints, and its pieces."""
 
 from ._checkpoint import (
+    CheckpointError as CheckpointError,
     load_checkpoint as load_checkpoint,
     save_checkpoint as save_checkpoint,
 )

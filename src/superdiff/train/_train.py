@@ -16,7 +16,14 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from .._sde import AbstractSDE
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    check_writable,
+    checkpoint_steps,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from ._loss import batch_dsm_loss
 
 
@@ -167,6 +174,43 @@ def _truncate_log(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
+def _resume(folder: Path, state: TrainState) -> tuple[TrainState, dict]:
+    """Before the first step: refuse a checkpoint folder that cannot be written,
+    remove the temporary files of a killed write, and load the newest intact
+    checkpoint (passing over, and renaming `*.damaged`, newer damaged ones)."""
+    if folder.is_file():
+        raise CheckpointError(
+            f"The checkpoint folder {folder} is a file (a single-file checkpoint of "
+            "an earlier superdiff?): `fit` keeps step-*.ckpt files in a folder "
+            "there. Move the file away; `load_checkpoint` still reads it.",
+            folder,
+            "not a checkpoint",
+        )
+    check_writable(folder, "checkpoint")
+    remove_stale_temporaries(folder)
+    if not checkpoint_steps(folder):
+        return state, {}
+    state, metadata = load_checkpoint(folder, state)
+    for step, file in checkpoint_steps(folder):
+        if step > int(state.step):
+            file.replace(file.with_name(file.name + ".damaged"))
+    return state, metadata
+
+
+def _check_log(path: Path) -> None:
+    """Before the first step: refuse a metrics log that cannot be appended to."""
+    check_writable(path.parent, "metrics log")
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise CheckpointError(
+            f"Could not write the metrics log {path}: {err.strerror or err}.",
+            path,
+            "permission" if isinstance(err, PermissionError) else "io",
+        ) from err
+
+
 def fit(
     state: TrainState,
     data: ArraySampler | Iterator[Any],
@@ -177,6 +221,7 @@ def fit(
     ema_decay: float = 0.999,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
     log_every: int = 100,
     progress: bool = True,
     description: str = "train",
@@ -185,8 +230,8 @@ def fit(
     callback: Callable[[TrainState], dict[str, Any] | None] | None = None,
     callback_every: int | None = None,
 ) -> tuple[TrainState, list[dict]]:
-    """Train until `state.step == num_steps`, resuming from `checkpoint_path` if a
-    checkpoint is there.
+    """Train until `state.step == num_steps`, resuming from the newest intact
+    checkpoint in the folder `checkpoint_path` if there is one.
 
     `data` is an `ArraySampler` (batches drawn inside the compiled step) or an
     iterator of batches; an iterator with `get_state`/`set_state` (a grain iterator,
@@ -196,7 +241,13 @@ def fit(
     loss and steps/s; every `log_every` steps a record `{step, loss, steps_per_s}`
     is appended to the returned history (and, with `log_path`, appended to that
     JSON-lines file as it happens, so a resumed run continues the same log); every
-    `checkpoint_every` steps, and at the end, the whole state is written atomically.
+    `checkpoint_every` steps, and at the end, the whole state is written atomically
+    to `checkpoint_path/step-XXXXXXXX.ckpt` by a background thread (training goes on
+    meanwhile), and the last `keep_checkpoints` are kept. A damaged checkpoint is
+    passed over on resume, with a warning, for the newest intact one (and renamed
+    `*.ckpt.damaged`). The checkpoint and log folders are checked for writing, and
+    temporary files a killed write left are removed, before the first step; see
+    docs/checkpoints.md.
 
     `callback(state)` runs every `callback_every` steps (e.g. to draw a grid of
     samples from the EMA weights or to evaluate); a dict it returns is merged into
@@ -214,10 +265,14 @@ def fit(
     if callback is not None and callback_every is None:
         raise ValueError("`callback` needs `callback_every`, the steps between calls.")
     stateful = hasattr(data, "get_state") and hasattr(data, "set_state")
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state, metadata = load_checkpoint(checkpoint_path, state)
+    writer = None
+    if checkpoint_path is not None:
+        writer = CheckpointWriter(checkpoint_path, keep_checkpoints)
+        state, metadata = _resume(Path(checkpoint_path), state)
         if stateful and "data_state" in metadata:
             data.set_state(metadata["data_state"])  # pyright: ignore
+    if log_path is not None:
+        _check_log(Path(log_path))
     if isinstance(data, ArraySampler):
         objective = _sampler_objective(loss_fn, data)
         next_batch = lambda: data.data
@@ -263,12 +318,12 @@ def fit(
             if result:
                 record({"step": done, **result})
             tic += time.perf_counter() - callback_start  # steps/s counts steps only
-        if checkpoint_path is not None and (
-            done % checkpoint_every == 0 or done == num_steps
-        ):
+        if writer is not None and (done % checkpoint_every == 0 or done == num_steps):
             metadata: dict[str, Any] = {"step": done}
             if stateful:
                 metadata["data_state"] = data.get_state()  # pyright: ignore
-            save_checkpoint(checkpoint_path, state, metadata)
+            writer.save(done, state, metadata)
+    if writer is not None:
+        writer.wait()  # the last checkpoint is on disk when `fit` returns
     bar.close()
     return state, history
