@@ -1,7 +1,22 @@
 """How accurate each log-density estimator is, and what it costs, on exact mixtures.
 
-    uv run benchmarks/density_accuracy.py                 # d = 2 and d = 784
-    uv run benchmarks/density_accuracy.py --dims 2 --num-samples 500
+    uv run benchmarks/density_accuracy.py                 # the tracked-density table
+    uv run benchmarks/density_accuracy.py --pf-ode        # and the PF-ODE comparison
+    uv run benchmarks/density_accuracy.py --pf-ode --dims 2 --num-samples 500
+
+**The tracked-density table** (the default): the error of the log q tracked along
+the reverse SDE by `sample` (Euler–Maruyama, started at exact samples of q_{t_max}
+with the exact log q_{t_max}) against the exact log q_{t_min} at the sample it
+ends on, mean ± standard error of the mean, for VP and VE, 100 and 1000 steps, on
+four two-component mixtures: d = 2 isotropic (variance 0.1), d = 2 anisotropic
+(variances 0.02 / 1.5), d = 784 with variance 0.1 ("broad") and d = 784 with
+variance 0.001 ("thin": most of log q comes from the last noise levels, as for
+images). Rows: the Itô estimator (Eq. 90) and the kernel ratio (Eq. 89) on steps
+uniform in t, the kernel ratio with its curvature correction (`docs/math.md`
+(3.6)) on steps uniform in t and in the log-SNR (the default of `sample` when it
+tracks). Under VE the log-SNR is linear in t, so the two grids coincide.
+
+**The PF-ODE comparison** (`--pf-ode`):
 
 For a two-component Gaussian mixture with diagonal covariances (`GaussianMixture`,
 exact log q_t and score) under the VP SDE, it reports the error of the estimated
@@ -94,11 +109,12 @@ def tracked(g, sde, estimator, num_steps):
         span = sde.t_max - sde.t_min
         sol = dfx.diffeqsolve(
             term, dfx.Euler(), t0=0.0, t1=span, dt0=span / num_steps,
-            y0=sd.SuperpositionState(x1, lq1[:, None]), adjoint=dfx.ForwardMode(),
+            y0=term.init(x1, lq1[:, None]), adjoint=dfx.ForwardMode(),
             max_steps=num_steps + 1, saveat=dfx.SaveAt(t1=True),
         )  # fmt: skip
         assert sol.ys is not None
-        return sol.ys.x[-1], sol.ys.log_q[-1, :, 0]
+        end = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+        return end.x, term.finish(span, end)[:, 0]
 
     return run
 
@@ -132,8 +148,79 @@ def fmt_err(err) -> str:
     return f"{err.mean():+.3f} ± {err.std():.3f}"
 
 
+TRACKED_CASES = {
+    "d = 2, isotropic": (2, 0.1),
+    "d = 2, anisotropic": (2, (0.02, 1.5)),
+    "d = 784, broad": (784, 0.1),
+    "d = 784, thin": (784, 1e-3),
+}
+TRACKED_ROWS = [
+    ("Itô, t-uniform", sd.ItoEstimator(), "t"),
+    ("kernel ratio (Eq. 89), t-uniform", sd.KernelRatioEstimator(False), "t"),
+    ("kernel ratio + correction, t-uniform", sd.KernelRatioEstimator(), "t"),
+    ("kernel ratio + correction, log-SNR (default)", sd.KernelRatioEstimator(), None),
+]
+
+
+def tracked_mixture(dim: int, variance, sde: sd.AbstractSDE) -> sd.GaussianMixture:
+    if dim == 2:
+        means = np.array([[1.0, 0.5], [-1.0, -0.5]])
+    else:
+        means = np.random.default_rng(0).uniform(-0.5, 0.5, (2, dim))
+    variances = np.broadcast_to(np.asarray(variance, float), (2, dim))
+    return sd.GaussianMixture(means, variances, sde)
+
+
+def tracked_error(g, sde, estimator, spacing, steps):
+    """`sample` with the tracked log q, minus the exact log q where it ends."""
+
+    def run(x1, lq1, key):
+        out = sd.sample(
+            g.score, sde, key=key, x_init=x1, log_q_init=lq1, track_density=True,
+            estimator=estimator, spacing=spacing, num_steps=steps,
+        )  # fmt: skip
+        assert out.log_q is not None
+        return out.log_q[:, 0] - exact_log_q(g, sde.t_min, out.x)
+
+    return run
+
+
+def tracked_table(args: argparse.Namespace) -> None:
+    print("\n## Tracked log q: error at t_min (nats), mean ± standard error\n")
+    for sde_name, sde in [("VP", sd.VPSDE()), ("VE", sd.VESDE())]:
+        print(f"\n### {sde_name} (t_min = {sde.t_min})\n")
+        head = " | ".join(f"{n} steps" for n in args.tracked_steps)
+        print(f"| case | estimator, steps | {head} |")
+        print("|---|---|" + "---|" * len(args.tracked_steps))
+        for case, (dim, variance) in TRACKED_CASES.items():
+            g = tracked_mixture(dim, variance, sde)
+            n = args.tracked_samples if dim <= 64 else args.tracked_samples_784
+            key_x, key = jax.random.split(jax.random.key(dim))
+            x1 = g.sample(n, sde.t_max, key=key_x)
+            lq1 = exact_log_q(g, sde.t_max, x1)[:, None]
+            for label, estimator, spacing in TRACKED_ROWS:
+                if sde_name == "VE" and spacing is None:
+                    continue  # log-SNR is linear in t: the row above
+                cells = []
+                for steps in args.tracked_steps:
+                    run = tracked_error(g, sde, estimator, spacing, steps)
+                    err, _ = timed(run, x1, lq1, key)
+                    err = np.asarray(err)
+                    mean, se = err.mean(), err.std() / np.sqrt(n)
+                    cell = f"{mean:+.4f} ± {se:.4f}"
+                    if dim > 64:
+                        scale = float(np.mean(np.abs(exact_log_q(g, sde.t_min, x1))))
+                        cell += f" ({100 * mean / scale:+.3f} %)"
+                    cells.append(cell)
+                print(f"| {case} | {label} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--pf-ode", action="store_true", help="also the PF-ODE table")
+    p.add_argument("--tracked-steps", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--tracked-samples", type=int, default=4000)
+    p.add_argument("--tracked-samples-784", type=int, default=200)
     p.add_argument("--dims", type=int, nargs="+", default=[2, 784])
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--exact-samples-784", type=int, default=20)
@@ -141,9 +228,12 @@ def main() -> None:
     p.add_argument("--exact-steps-784", type=int, nargs="+", default=[100, 400])
     args = p.parse_args()
     jax.config.update("jax_enable_x64", True)
+    print(f"backend {jax.default_backend()}, float64")
+    tracked_table(args)
+    if not args.pf_ode:
+        return
     sde = sd.VPSDE()
-    print(f"backend {jax.default_backend()}, float64, VP SDE, t_min = {sde.t_min}")
-
+    print(f"\n## PF-ODE and tracked, VP SDE, t_min = {sde.t_min}")
     for dim in args.dims:
         report(dim, sde, args)
 
@@ -174,7 +264,7 @@ def report(dim: int, sde: sd.AbstractSDE, args: argparse.Namespace) -> None:
     ito_samples = ito_err = None
     for name, estimator in [
         ("Itô, Euler–Maruyama", sd.ItoEstimator()),
-        ("kernel ratio, Euler–Maruyama", sd.KernelRatioEstimator()),
+        ("kernel ratio + correction, Euler–Maruyama", sd.KernelRatioEstimator()),
     ]:
         for steps in args.steps:
             (x, lq), seconds = timed(

@@ -80,6 +80,27 @@ def test_a_nan_score_is_named_by_the_probability_flow_samplers(num_steps):
         sd.bits_per_dim(_nan_score, VP, images, key=KEY, num_steps=num_steps)
 
 
+def _nan_below_half(t, x):
+    # Finite where the solve starts (the early check passes), NaN from t = 0.5 on.
+    return jnp.where(t > 0.5, -x, jnp.nan)
+
+
+def test_a_score_that_turns_nan_midway_is_named_by_an_adaptive_solve():
+    # The controller rejects every step into the NaN region and creeps towards it:
+    # that used to end with "maximum number of solver steps was reached".
+    x = jax.random.normal(KEY, (4, 2))
+    out = sd.sample_ode(_nan_below_half, VP, x_init=x, max_steps=2000, throw=False)
+    assert out.result == sd.RESULTS.non_finite
+    with pytest.raises(eqx.EquinoxRuntimeError, match="NaN or inf"):
+        sd.sample_ode(_nan_below_half, VP, x_init=x, max_steps=2000)
+    # A solve that only needs more steps still says so.
+    tight = dfx.PIDController(rtol=1e-10, atol=1e-10)
+    short = sd.sample_ode(
+        LEFT.score, VP, x_init=x, stepsize_controller=tight, max_steps=20, throw=False
+    )
+    assert short.result == sd.RESULTS.max_steps_reached
+
+
 @pytest.mark.parametrize(
     "make, match",
     [
