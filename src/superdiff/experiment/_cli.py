@@ -5,6 +5,7 @@ message alone (exit status 2) and a bug with its traceback."""
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -125,7 +126,18 @@ def output_dir(text: str) -> Path:
 class _HelpFormatter(
     argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
 ):
-    """Every flag's default in `--help`; the description as written."""
+    """Every flag's default in `--help`, flags without help text included; the
+    description as written."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if (
+            action.help is None
+            and action.option_strings
+            and action.default is not argparse.SUPPRESS
+        ):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def _flag(name: str) -> str:
