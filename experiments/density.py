@@ -294,9 +294,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     title = (
-        f"Density: tracking {args.num_samples} samples, {args.num_steps} Euler–Maruyama "
-        f"steps; guidance {args.guidance_samples} samples, {args.guidance_steps} Heun "
-        f"steps; two-moons model {union_info['source']}, "
+        f"Density: tracking {args.num_samples} samples, {args.num_steps} "
+        f"Euler–Maruyama steps; guidance {args.guidance_samples} samples, "
+        f"{args.guidance_steps} Heun steps\ntwo-moons model: {union_info['source']}, "
         f"{union_info['train_steps']} training steps; seed {args.seed}"
     )
     plot(track, sweep16, sweep2, moons_samples, span, args.out / "density.png", title)

@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(write_table(results, meta, out / "results.md"))
     title = (
         f"Split MNIST, preset {args.preset}: {preset.num_samples} samples per method, "
-        f"{preset.num_steps} Euler–Maruyama steps; UNets ({preset.unet}) trained "
+        f"{preset.num_steps} Euler–Maruyama steps\nUNets ({preset.unet}) trained "
         f"{preset.train_steps} steps; seed {args.seed}"
     )
     plot_summary(samples, results, out, title)

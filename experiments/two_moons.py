@@ -200,13 +200,14 @@ def plot(samples, upper, lower, results, args, path: Path) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("$x_2$")
     axes.flat[0].legend(loc="lower left", fontsize=7, markerscale=3)
-    tracked = f"Euler, {args.estimator} estimator" + (
+    tracked = f"Euler with the {args.estimator} estimator" + (
         ", curvature-corrected AND" if args.and_curvature else ""
     )
     fig.suptitle(
         f"Two moons: {args.num_samples} samples per method, {args.num_steps} "
-        f"reverse-SDE steps ({args.solver} for A, B, union, averaging; {tracked} for "
-        f"OR and AND); models trained {args.train_steps} steps, seed {args.seed}",
+        f"reverse-SDE steps; models trained {args.train_steps} steps (seed "
+        f"{args.seed})\nsolver: {args.solver} for A, B, union and averaging; "
+        f"{tracked} for OR and AND",
         fontsize=11,
     )
     fig.tight_layout()
