@@ -240,7 +240,8 @@ class ExperimentParser(argparse.ArgumentParser):
         )  # fmt: skip
         self.add_argument(
             "--show-preset", choices=list(presets), metavar="NAME",
-            default=argparse.SUPPRESS, action=_ShowPreset, help=f"print the settings of a preset ({names}) and exit",
+            default=argparse.SUPPRESS, action=_ShowPreset,
+            help=f"print the settings of a preset ({names}) and exit",
         )  # fmt: skip
         group = self.add_argument_group(
             title, f"Each overrides the chosen --preset's value ({names} below)."
