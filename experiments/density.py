@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 # ------------------------------------------------------------------ figure
 
 
-def plot(track, sweep16, sweep2, moons_samples, span, path: Path, title: str) -> None:
+def plot(
+    track, sweep16, sweep2, moons_samples, span, path: Path, suptitle: str
+) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
     g, m = track["gmm"], track["moons"]
 
@@ -377,7 +379,7 @@ def plot(track, sweep16, sweep2, moons_samples, span, path: Path, title: str) ->
         title="high-density sampling",
     )
     ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
