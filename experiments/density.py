@@ -1,6 +1,6 @@
 """Density estimation and density guidance on exact mixtures and on two moons.
 
-Writes `density.png` and `metrics.json` to the output folder:
+Writes `density.png` and `metrics.json` to `--out` (default `outputs/density/`):
 
 1. Tracking: on a 2-D Gaussian mixture with exact scores, the log q_0 tracked along
    the reverse SDE (Itô and kernel-ratio estimators) and the PF-ODE's estimate for
@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -38,6 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import superdiff as sd  # noqa: E402
+import superdiff.experiment as cli  # noqa: E402
 
 
 def _log_prob(score, sde, x):
@@ -47,20 +49,39 @@ def _log_prob(score, sde, x):
     return out.log_q[:, 0]
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("outputs/density"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--two-moons-dir", type=Path, default=Path("outputs/two_moons"))
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = cli.ExperimentParser(description=__doc__, prog=Path(__file__).name)
     p.add_argument(
-        "--train-steps", type=int, default=6000, help="if no checkpoint is found"
+        "--out", type=cli.output_dir, default=Path("outputs/density"),
+        help="output folder; a model trained here is checkpointed in <out>/checkpoints/",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of data, model, noise")
+    p.add_argument(
+        "--two-moons-dir", type=Path, default=Path("outputs/two_moons"),
+        help="two_moons.py's --out, whose checkpoints/union.eqx is used if present",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-steps", type=cli.positive_int, default=6000,
+        help="training steps of the two-moons model if no checkpoint is found",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-samples", type=cli.positive_int, default=1000, help="tracking runs"
     )
-    p.add_argument("--num-samples", type=int, default=1000, help="tracking runs")
-    p.add_argument("--num-steps", type=int, default=500, help="reverse-SDE steps")
-    p.add_argument("--guidance-samples", type=int, default=300)
-    p.add_argument("--guidance-steps", type=int, default=200, help="fixed steps")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+    p.add_argument(
+        "--num-steps", type=cli.positive_int, default=500, help="reverse-SDE steps"
+    )
+    p.add_argument(
+        "--guidance-samples", type=cli.positive_int, default=300,
+        help="samples per guidance setting",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-steps", type=cli.positive_int, default=200,
+        help="fixed Heun steps of the guided ODEs",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars or lines"
+    )
+    return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------ models
@@ -195,8 +216,8 @@ def guidance_sweeps(args, sde, score, log_p0, x1, key) -> dict:
     return result
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     # The model is trained (or was, by two_moons.py) in float32; the densities are
@@ -272,7 +293,13 @@ def main() -> None:
         "seconds": time.perf_counter() - tic,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot(track, sweep16, sweep2, moons_samples, span, args.out / "density.png")
+    title = (
+        f"Density: tracking {args.num_samples} samples, {args.num_steps} "
+        f"Euler–Maruyama steps; guidance {args.guidance_samples} samples, "
+        f"{args.guidance_steps} Heun steps\ntwo-moons model: {union_info['source']}, "
+        f"{union_info['train_steps']} training steps; seed {args.seed}"
+    )
+    plot(track, sweep16, sweep2, moons_samples, span, args.out / "density.png", title)
     print(json.dumps({k: metrics[k] for k in list(metrics)[2:6]}, indent=2))
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'density.png'}")
 
@@ -280,7 +307,9 @@ def main() -> None:
 # ------------------------------------------------------------------ figure
 
 
-def plot(track, sweep16, sweep2, moons_samples, span, path: Path) -> None:
+def plot(
+    track, sweep16, sweep2, moons_samples, span, path: Path, suptitle: str
+) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5))
     g, m = track["gmm"], track["moons"]
 
@@ -309,7 +338,10 @@ def plot(track, sweep16, sweep2, moons_samples, span, path: Path) -> None:
     ax = axes[0, 2]
     for name, x in moons_samples.items():
         ax.scatter(*np.asarray(x).T, s=3, alpha=0.5, label=name)
-    ax.set(xlim=(-3, 3), ylim=(-2.2, 2.2), aspect="equal", title="two-moons samples")
+    ax.set(
+        xlim=(-3, 3), ylim=(-2.2, 2.2), aspect="equal", title="two-moons samples",
+        xlabel="$x_1$", ylabel="$x_2$",
+    )  # fmt: skip
     ax.legend(fontsize=8, markerscale=3, loc="lower left")
 
     for ax, sweep, title, d in [
@@ -347,10 +379,11 @@ def plot(track, sweep16, sweep2, moons_samples, span, path: Path) -> None:
         title="high-density sampling",
     )
     ax.legend(fontsize=8)
+    fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

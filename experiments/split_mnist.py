@@ -16,23 +16,26 @@ sampling as soon as the models it needs are trained.
 
     uv run experiments/split_mnist.py --data-dir PATH   # CPU preset
     uv run experiments/split_mnist.py --data-dir PATH --preset gpu
+    uv run experiments/split_mnist.py --show-preset gpu  # a preset's settings
     uv run experiments/split_mnist.py --help
 
 PATH holds the MNIST files (`train-images-idx3-ubyte.gz` ...) or a
 tensorflow-datasets copy; without `--data-dir`, tensorflow-datasets' default
-folder. Everything is checkpointed under `<out>/checkpoints/`: a killed run
-resumes where it stopped, and a finished model is reused.
+folder. Every preset setting has a flag that overrides it. Outputs go to `--out`
+(default `outputs/split_mnist/`); everything is checkpointed under
+`<out>/checkpoints/`: a rerun with the same `--out` resumes a killed run where it
+stopped and reuses finished models (delete `<out>/checkpoints/` or pass a new
+`--out` to start fresh).
 """
 
 import argparse
 import dataclasses
 import functools
 import json
-import os
-import sys
 import time
-import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import diffrax as dfx
 import jax
@@ -46,25 +49,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import superdiff as sd  # noqa: E402
+import superdiff.experiment as cli  # noqa: E402
 from superdiff.experiment import Job, run_jobs, timed  # noqa: E402
 
 
 LOW, HIGH, ALL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10))
 
 
+def _setting(help: str):
+    return dataclasses.field(metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    unet: str  # "small" (UNet.mnist) or "large"
-    train_steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    num_samples: int
-    num_steps: int
-    sample_batch: int
-    grid_every: int
-    classifier_steps: int
-    workers: int  # jobs (trainings, samplings) side by side; see `run_jobs`
+    unet: Literal["small", "large"] = _setting("UNet: small (UNet.mnist) or large")
+    train_steps: int = _setting("training steps per UNet")
+    batch_size: int = _setting("training batch size")
+    lr: float = _setting("peak learning rate")
+    warmup_steps: int = _setting("learning-rate warm-up steps")
+    num_samples: int = _setting("samples per method")
+    num_steps: int = _setting("reverse-SDE steps per sample")
+    sample_batch: int = _setting("samples drawn at once")
+    grid_every: int = _setting("training steps between sample grids")
+    classifier_steps: int = _setting("classifier training steps")
+    # Trainings and samplings side by side; see `run_jobs`.
+    workers: int = _setting("jobs run side by side")
 
 
 PRESETS = {
@@ -84,24 +93,23 @@ PRESETS = {
 }  # fmt: skip
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = cli.ExperimentParser(description=__doc__, prog=Path(__file__).name)
+    p.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="folder with MNIST (the original files or a tensorflow-datasets copy); "
+        "None: tensorflow-datasets' default folder",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=cli.output_dir, default=Path("outputs/split_mnist"),
+        help="output folder; checkpoints in <out>/checkpoints/ are reused",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of models and noise")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars or lines"
     )
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with MNIST")
-    p.add_argument("--out", type=Path, default=Path("outputs/split_mnist"))
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    for field in dataclasses.fields(Preset):
-        p.add_argument(
-            "--" + field.name.replace("_", "-"),
-            type=field.type,  # pyright: ignore[reportArgumentType]
-            default=None,
-            help="overrides the preset",
-        )
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+    p.add_presets(PRESETS, "cpu")
+    return p.parse_args(argv)
 
 
 def make_unet(kind: str, key) -> sd.nn.UNet:
@@ -144,7 +152,7 @@ def draw(
     xs, log_qs = [], []
     tic = time.perf_counter()
     chunks = range(0, num, preset.sample_batch)
-    bar = tqdm(
+    bar = cli.progress_bar(
         chunks, desc=f"sampling {label}", disable=not progress, position=position
     )
     for start in bar:
@@ -266,28 +274,17 @@ def write_table(results: dict, meta: dict, path: Path) -> str:
     return text
 
 
-def main():
-    args = parse_args()
-    preset = PRESETS[args.preset]
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Preset)
-        if getattr(args, f.name) is not None
-    }
-    preset = dataclasses.replace(preset, **overrides)
-    for field in dataclasses.fields(Preset):
-        value = getattr(preset, field.name)
-        if field.type in (int, float) and not value > 0:
-            flag = "--" + field.name.replace("_", "-")
-            raise SystemExit(f"{flag} must be positive; got {value}.")
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    preset: Preset = args.config
     out, progress = args.out, not args.no_progress
+    tic = time.perf_counter()
+    # The data is looked for before anything is written.
+    train = cli.load_data("mnist", "train", args.data_dir)
+    test = cli.load_data("mnist", "test", args.data_dir)
     for sub in ("checkpoints", "logs", "grids"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     print(f"preset {args.preset}: {preset}")
-    tic = time.perf_counter()
-
-    train = sd.data.load_images("mnist", "train", args.data_dir)
-    test = sd.data.load_images("mnist", "test", args.data_dir)
     sde = sd.VPSDE()
     seed = args.seed
     n, keys = preset.num_samples, jax.random.split(jax.random.key(seed + 1000), 8)
@@ -380,12 +377,17 @@ def main():
         json.dumps({"meta": meta, "results": results}, indent=2)
     )
     print(write_table(results, meta, out / "results.md"))
-    plot_summary(samples, results, out)
+    title = (
+        f"Split MNIST, preset {args.preset}: {preset.num_samples} samples per method, "
+        f"{preset.num_steps} Euler–Maruyama steps\nUNets ({preset.unet}) trained "
+        f"{preset.train_steps} steps; seed {args.seed}"
+    )
+    plot_summary(samples, results, out, title)
     plot_training_grids(out)
     print(f"wrote {out}/results.md, results.json, summary.png and training_grids.png")
 
 
-def plot_summary(samples: dict, results: dict, out: Path):
+def plot_summary(samples: dict, results: dict, out: Path, title: str):
     names = list(samples)
     fig, axes = plt.subplots(2, len(names), figsize=(2.2 * len(names), 4.6))
     for ax, name in zip(axes[0], names, strict=True):
@@ -403,6 +405,9 @@ def plot_summary(samples: dict, results: dict, out: Path):
         ax.set_ylim(0, 0.5)
         ax.tick_params(labelsize=6)
         ax.set_title(f"Fréchet {results[name]['frechet']:.1f}", fontsize=8)
+        ax.set_xlabel("digit (classifier)", fontsize=7)
+    axes[1, 0].set_ylabel("share of samples", fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "summary.png", dpi=120)
     plt.close(fig)
@@ -432,18 +437,4 @@ def plot_training_grids(out: Path, columns: int = 4):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: every checkpoint written is complete; run the same "
-            "command again to resume.",
-            file=sys.stderr,
-        )
-        sys.stderr.flush()
-        os._exit(130)  # not waiting for the jobs still running in other threads
-    except Exception:
-        sys.stdout.flush()  # what was printed before the traceback, before it
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)  # as above
+    cli.run(main)

@@ -7,12 +7,16 @@ SuperDiff AND; writes `two_moons.png` and `metrics.json` to the output folder.
     uv run experiments/two_moons.py                  # defaults: a few CPU minutes
     uv run experiments/two_moons.py --help
 
-Checkpoints go to `<out>/checkpoints/`; a rerun resumes or reuses them.
+Outputs go to `--out` (default `outputs/two_moons/`), checkpoints to
+`<out>/checkpoints/`: a rerun with the same `--out` resumes a stopped training and
+reuses finished models (delete `<out>/checkpoints/` or pass a new `--out` to start
+fresh).
 """
 
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import diffrax as dfx
@@ -25,24 +29,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import superdiff as sd  # noqa: E402
+import superdiff.experiment as cli  # noqa: E402
 
 
 SOLVERS = {"euler": dfx.Euler, "heun": dfx.Heun, "sra1": dfx.SRA1}
 ESTIMATORS = {"ito": sd.ItoEstimator, "kernel": sd.KernelRatioEstimator}
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("outputs/two_moons"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-steps", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--train-size", type=int, default=20_000, help="points per data set")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--num-steps", type=int, default=500, help="sampling steps")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = cli.ExperimentParser(description=__doc__, prog=Path(__file__).name)
+    p.add_argument(
+        "--out", type=cli.output_dir, default=Path("outputs/two_moons"),
+        help="output folder; checkpoints in <out>/checkpoints/ are reused",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of data, models, noise")
+    p.add_argument(
+        "--train-steps", type=cli.positive_int, default=6000, help="per model"
+    )
+    p.add_argument("--batch-size", type=cli.positive_int, default=256)
+    p.add_argument(
+        "--train-size", type=cli.positive_int, default=20_000, help="points per data set"
+    )  # fmt: skip
+    p.add_argument("--width", type=cli.positive_int, default=128, help="MLP width")
+    p.add_argument("--depth", type=cli.positive_int, default=3, help="MLP depth")
+    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="learning rate")
+    p.add_argument(
+        "--num-samples", type=cli.positive_int, default=2000, help="per method"
+    )
+    p.add_argument(
+        "--num-steps", type=cli.positive_int, default=500, help="sampling steps"
+    )
     p.add_argument(
         "--solver",
         choices=sorted(SOLVERS),
@@ -50,15 +66,20 @@ def parse_args() -> argparse.Namespace:
         help="SDE solver for the methods that do not track densities (A, B, union, "
         "averaging); OR and AND track log-densities and always use Euler",
     )
-    p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="ito")
+    p.add_argument(
+        "--estimator", choices=sorted(ESTIMATORS), default="ito",
+        help="log-density estimator of OR and AND",
+    )  # fmt: skip
     p.add_argument(
         "--and-curvature",
         action="store_true",
         help="AND with the curvature correction (exact tracked densities; one JVP "
         "per step on top of the score evaluations)",
     )
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars or lines"
+    )
+    return p.parse_args(argv)
 
 
 def train_model(name, data, sde, args, key):
@@ -80,8 +101,8 @@ def train_model(name, data, sde, args, key):
     return sd.EpsilonScore(state.ema, sde), history
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     sde = sd.VPSDE()
     keys = jax.random.split(jax.random.key(args.seed), 10)
@@ -151,11 +172,11 @@ def main() -> None:
         "train_seconds": train_seconds,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot(samples, upper, lower, results, args.out / "two_moons.png")
+    plot(samples, upper, lower, results, args, args.out / "two_moons.png")
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'two_moons.png'}")
 
 
-def plot(samples, upper, lower, results, path: Path) -> None:
+def plot(samples, upper, lower, results, args, path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.5), sharex=True, sharey=True)
     for ax, (name, x) in zip(axes.flat, samples.items(), strict=True):
         ax.scatter(
@@ -174,11 +195,25 @@ def plot(samples, upper, lower, results, path: Path) -> None:
         ax.set_xlim(-3, 3)
         ax.set_ylim(-2.2, 2.2)
         ax.set_aspect("equal")
+    for ax in axes[-1]:
+        ax.set_xlabel("$x_1$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("$x_2$")
     axes.flat[0].legend(loc="lower left", fontsize=7, markerscale=3)
+    tracked = f"Euler with the {args.estimator} estimator" + (
+        ", curvature-corrected AND" if args.and_curvature else ""
+    )
+    fig.suptitle(
+        f"Two moons: {args.num_samples} samples per method, {args.num_steps} "
+        f"reverse-SDE steps; models trained {args.train_steps} steps (seed "
+        f"{args.seed})\nsolver: {args.solver} for A, B, union and averaging; "
+        f"{tracked} for OR and AND",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

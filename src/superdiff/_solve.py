@@ -13,7 +13,7 @@ with $t_0 < t_1$ (`docs/math.md`, preamble).
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict, cast
 
 import diffrax as dfx
@@ -460,36 +460,33 @@ class _CountNonFinite(dfx.AbstractAdaptiveStepSizeController):
     that ran out of steps can say whether NaN was the reason."""
 
     inner: dfx.AbstractAdaptiveStepSizeController
+    rtol: Any
+    atol: Any
+    norm: Callable[[PyTree], Any]
 
-    @property
-    def rtol(self):
-        return self.inner.rtol
-
-    @property
-    def atol(self):
-        return self.inner.atol
-
-    @property
-    def norm(self):
-        return self.inner.norm
+    def __init__(self, inner: dfx.AbstractAdaptiveStepSizeController):
+        self.inner = inner
+        self.rtol, self.atol, self.norm = inner.rtol, inner.atol, inner.norm
 
     def wrap(self, direction):
-        return _CountNonFinite(self.inner.wrap(direction))
+        inner = self.inner.wrap(direction)
+        assert isinstance(inner, dfx.AbstractAdaptiveStepSizeController)
+        return _CountNonFinite(inner)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         t, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
         return t, (state, jnp.asarray(2**30, jnp.int32))  # "never"
 
-    def adapt_step_size(
+    def adapt_step_size(  # pyright: ignore[reportIncompatibleMethodOverride]
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
     ):
         state, since = controller_state
-        *out, state, result = self.inner.adapt_step_size(
+        keep, next_t0, next_t1, jump, state, result = self.inner.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
         bad = ~_all_finite(y1_candidate) | (t1 == t0)
         since = jnp.where(bad, 0, since + 1)
-        return (*out, (state, since), result)
+        return keep, next_t0, next_t1, jump, (state, since), result
 
 
 def integrate(
@@ -535,6 +532,7 @@ def integrate(
         # step that reaches the bad region and creeps towards it until it runs
         # out of steps: name the cause (NaN in the last tenth of the steps), not
         # the symptom.
+        assert sol.controller_state is not None
         _, since = sol.controller_state
         nan = ran_out & (since < max(1, steps.max_steps // 10))
         result = RESULTS.where(nan, RESULTS.non_finite, result)

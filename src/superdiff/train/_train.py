@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
-from tqdm.auto import tqdm
 
 from .._sde import AbstractSDE
+from ..experiment import progress_bar
 from ._checkpoint import (
     CheckpointError,
     CheckpointWriter,
@@ -283,7 +283,7 @@ def fit(
     history: list[dict] = []
     if log_path is not None:
         _truncate_log(Path(log_path), start)
-    bar = tqdm(
+    bar = progress_bar(
         total=num_steps, initial=start, desc=description, disable=not progress,
         dynamic_ncols=True, mininterval=0.5, position=position,
     )  # fmt: skip
