@@ -17,7 +17,9 @@ import superdiff as sd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="FID of CIFAR-10 test images against training images."
+    )
     parser.add_argument("--data-dir", required=True, help="folder with CIFAR-10")
     parser.add_argument("--count", type=int, default=2000, help="images per split")
     parser.add_argument("--batch-size", type=int, default=25)

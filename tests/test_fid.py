@@ -7,6 +7,7 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,11 @@ class _Module:
         self.type_name, self.state = type_name, state
 
 
-class _TorchLikePickler(pickle._Pickler):  # pyright: ignore[reportAttributeAccessIssue]
+# The pure-Python pickler, whose `save` can be overridden (the C one's cannot).
+_PythonPickler: Any = pickle._Pickler
+
+
+class _TorchLikePickler(_PythonPickler):
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
             dtype = {np.float32: "FloatStorage", np.int64: "LongStorage"}
