@@ -266,6 +266,10 @@ def test_inception_rejects_bad_input(random_inception):
         random_inception(jnp.zeros((2, 75, 75, 3)))
     with pytest.raises(ValueError, match=r"\(n, h, w, 3\).*got shape \(75, 75\)"):
         sd.metrics.inception_features(random_inception, np.zeros((75, 75)))
+    with pytest.raises(ValueError, match="`batch_size` must be at least 1; got 0"):
+        sd.metrics.inception_features(
+            random_inception, np.zeros((1, 75, 75, 3)), batch_size=0
+        )
     with pytest.raises(ValueError, match="exactly one of `weights`"):
         sd.metrics.InceptionV3()
 

@@ -54,6 +54,8 @@ def inception_features(
         raise ValueError(
             f"Expected uint8 pixels or floats in [-1, 1]; got dtype {array.dtype}."
         )
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1; got {batch_size}.")
     n = array.shape[0]
     size = min(batch_size, n)
     out = np.empty((n, 2048), np.float32)
