@@ -350,16 +350,15 @@ def _conv_from_weights(weights: Mapping[str, ArrayLike]) -> _MakeConv:
 
 
 def _conv_at_random(key: PRNGKeyArray) -> _MakeConv:
-    keys = iter(jax.random.split(key, 100))
+    # He-normal weights drawn by NumPy from a seed taken from `key`: one jax.random
+    # call per distinct shape would compile ~40 kernels just to build the network.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
     def make(name, c_in, c_out, kernel, stride=1, same=True):
         fan_in = c_in * kernel[0] * kernel[1]
-        shape = (*kernel, c_in, c_out)
-        weight = jax.random.normal(next(keys), shape, jnp.float32) * np.sqrt(
-            2 / fan_in, dtype=np.float32
-        )
+        weight = rng.standard_normal((*kernel, c_in, c_out), np.float32)
         return _Conv(
-            weight,
+            jnp.asarray(weight * np.float32(np.sqrt(2 / fan_in))),
             jnp.zeros(c_out, jnp.float32),
             stride,
             _padding(kernel, same),  # pyright: ignore[reportArgumentType]
