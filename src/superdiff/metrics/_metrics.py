@@ -46,12 +46,9 @@ def nearest_share(
 
 
 def frechet_distance(x: Float[ArrayLike, "n f"], y: Float[ArrayLike, "m f"]) -> float:
-    """The Fréchet distance between Gaussians fitted to two sets of features,
-    $\\lVert\\mu_x - \\mu_y\\rVert^2 + \\operatorname{tr}\\big(\\Sigma_x + \\Sigma_y -
-    2(\\Sigma_x^{1/2}\\Sigma_y\\Sigma_x^{1/2})^{1/2}\\big)$, the FID formula (Heusel et
-    al. 2017) in any feature space. Computed in float64 with NumPy; the matrix
-    square root by symmetric eigendecompositions, so it is exact for
-    positive-semidefinite covariances (no `sqrtm` of a non-symmetric product).
+    """The Fréchet distance between Gaussians fitted to two sets of features (see
+    `gaussian_frechet_distance`), the FID formula (Heusel et al. 2017) in any
+    feature space.
 
     The estimate is biased upwards at small sample sizes: compare only distances
     computed from equally many samples (e.g. with a train-vs-test floor).
@@ -66,8 +63,32 @@ def frechet_distance(x: Float[ArrayLike, "n f"], y: Float[ArrayLike, "m f"]) -> 
         raise ValueError(
             f"Need at least 2 samples in each set; got {x.shape[0]} and {y.shape[0]}."
         )
-    mu_x, mu_y = x.mean(0), y.mean(0)
-    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    return gaussian_frechet_distance(
+        x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
+    )
+
+
+def gaussian_frechet_distance(
+    mu_x: Float[ArrayLike, " f"],
+    cov_x: Float[ArrayLike, "f f"],
+    mu_y: Float[ArrayLike, " f"],
+    cov_y: Float[ArrayLike, "f f"],
+) -> float:
+    """The Fréchet (2-Wasserstein) distance squared between $N(\\mu_x, \\Sigma_x)$
+    and $N(\\mu_y, \\Sigma_y)$, $\\lVert\\mu_x - \\mu_y\\rVert^2 +
+    \\operatorname{tr}\\big(\\Sigma_x + \\Sigma_y -
+    2(\\Sigma_x^{1/2}\\Sigma_y\\Sigma_x^{1/2})^{1/2}\\big)$. Computed in float64
+    with NumPy; the matrix square root by symmetric eigendecompositions, so it is
+    exact for positive-semidefinite covariances (no `sqrtm` of a non-symmetric
+    product)."""
+    mu_x, mu_y = np.asarray(mu_x, np.float64), np.asarray(mu_y, np.float64)
+    cov_x, cov_y = np.asarray(cov_x, np.float64), np.asarray(cov_y, np.float64)
+    f = mu_x.shape[0] if mu_x.ndim == 1 else -1
+    if not (mu_x.shape == mu_y.shape == (f,) and cov_x.shape == cov_y.shape == (f, f)):
+        raise ValueError(
+            "Expected means (f,) and covariances (f, f) of one dimension f; got "
+            f"{mu_x.shape}, {cov_x.shape}, {mu_y.shape} and {cov_y.shape}."
+        )
     root_x = _psd_sqrt(cov_x)
     cross = np.sum(
         np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ cov_y @ root_x), 0, None))
