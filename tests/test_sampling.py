@@ -142,7 +142,7 @@ def test_kernel_ratio_is_more_accurate_than_ito():
 
 def test_curvature_correction_removes_the_first_order_bias():
     # The kernel ratio's mean error per step is (h²/4)‖2f/g² I - ∇s‖_F² (docs/math.md
-    # (3.6)): first order overall. Measured at 25 steps, n = 16000 (standard error
+    # (3.8)): first order overall. Measured at 25 steps, n = 16000 (standard error
     # 0.0035): +0.10 without the correction, -0.01 with it.
     num = 16_000
     plain, std = _tracking_stats("uncorrected", 25, num)

@@ -89,7 +89,7 @@ class KernelRatioEstimator(AbstractDensityEstimator):
     $g^2 d\\tau\\, d$ is cancelled in floating point.
 
     **Curvature correction** (`curvature_correction=True`, the default;
-    `docs/math.md` (3.6)). The ratio's mean error in one step of size $h = g^2
+    `docs/math.md` (3.8), (3.9)). The ratio's mean error in one step of size $h = g^2
     d\\tau$ is $\\tfrac14\\lVert d\\log\\Sigma_t\\rVert_F^2 = \\tfrac{h^2}{4}
     \\lVert \\tfrac{2f}{g^2} I - \\nabla s\\rVert_F^2$ (for a locally Gaussian
     $q_t$ of covariance $\\Sigma_t$): first order in the step overall, and $d$
