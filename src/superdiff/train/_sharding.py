@@ -212,7 +212,8 @@ def sample_sharded(
 
     `sampler` is any superdiff sampler that takes `x_init` (`superdiff.sample`,
     `sample_ode`, ...) and whose second argument is the schedule (`args[1]`).
-    `num_samples` must be a multiple of the device count. The call is compiled as
+    `num_samples` must be a multiple of the device count. The array arguments
+    (the models' weights) are replicated over the mesh. The call is compiled as
     one `eqx.filter_jit` region, in which every output with a leading axis of
     `num_samples` is kept sharded.
 
@@ -229,4 +230,6 @@ def sample_sharded(
     x_init = sharded_noise(args[1], num_samples, shape, key=key, mesh=mesh, t_max=t_max)
     if t_max is not None:
         kwargs["t_max"] = t_max
+    # The models (and any other array argument) on every device of the mesh.
+    args, kwargs = replicate((args, kwargs), mesh)
     return _sample_constrained(sampler, args, kwargs, x_init, key, batch_sharding(mesh))
