@@ -155,6 +155,22 @@ for name, args in (("single", (fit1.model, sde)), ("or", (nets, sde, sd.Or()))):
     if plain.log_q is not None:
         result[f"sample_{name}_logq_diff"] = max_rel_diff(plain.log_q, split.log_q)
         result[f"sample_{name}_logq_shards"] = shards(split.log_q)
+# The solve's loop itself runs split: in the compiled program its state holds 4 of
+# the 16 samples per device (not all 16, as when a run-time check gathers them).
+from superdiff.train._sharding import _sample_constrained, batch_sharding
+
+for name, args in (("single", (fit1.model, sde)), ("or", (nets, sde, sd.Or()))):
+    x = sd.train.sharded_noise(sde, 16, (2,), key=key, mesh=mesh)
+    args, kwargs = sd.train.replicate((args, dict(num_steps=20)), mesh)
+    compiled = _sample_constrained.lower(
+        sd.sample, args, kwargs, x, key, batch_sharding(mesh)
+    ).compile()
+    carries = [  # the types of each while loop's state
+        line.split(" while(")[0]
+        for line in compiled.compiled.as_text().splitlines()
+        if " while(" in line
+    ]
+    result[f"loop_{name}"] = [c for c in carries if "f32[" in c]
 result["sample_other_key"] = max_rel_diff(
     sd.sample(fit1.model, sde, key=jax.random.key(4), num_samples=16, shape=(2,),
               num_steps=20).x,
@@ -214,6 +230,10 @@ def test_sharded_sampling_equals_unsharded(four):
     assert result["sample_or_diff"] <= RTOL
     assert result["sample_or_logq_diff"] <= RTOL
     assert result["sample_other_key"] > 0.1  # another key gives other samples
+    for name in ("single", "or"):
+        loops = result[f"loop_{name}"]  # the solve's (the random bits' hold ints)
+        assert any("f32[4,2]" in loop for loop in loops), loops
+        assert not any("f32[16,2]" in loop for loop in loops), loops
 
 
 _RESUME = """

@@ -181,10 +181,8 @@ def _sample_constrained(
 ) -> Any:
     samples = sampler(*args, key=key, x_init=x_init, **kwargs)
     n = x_init.shape[0]
-    # Every per-example output comes back split as the input was. (The result of
-    # a sampler's `eqx.error_if` checks, a callback's, is placed on one device, so
-    # without this the outputs would come back whole; the solve between them still
-    # runs replicated, see the docstring.)
+    # Every per-example output comes back split as the input was (the final
+    # `eqx.error_if` of a solve, a callback, would place it on one device).
     return jax.tree.map(
         lambda a: (
             jax.lax.with_sharding_constraint(a, sharding)
@@ -208,8 +206,7 @@ def sample_sharded(
     """`sampler(*args, key=key, num_samples=num_samples, shape=shape, **kwargs)`
     with the samples' batch split over the devices of `mesh` (by default
     `data_mesh()`): one batched solve with a sharded batch, not a loop or `vmap`
-    over devices (but see the limitation below). The samples equal the unsharded
-    call's to float rounding.
+    over devices. The samples equal the unsharded call's to float rounding.
 
     `sampler` is any superdiff sampler that takes `x_init` (`superdiff.sample`,
     `sample_ode`, ...) and whose second argument is the schedule (`args[1]`).
@@ -218,14 +215,9 @@ def sample_sharded(
     one `eqx.filter_jit` region, in which every output with a leading axis of
     `num_samples` is kept sharded.
 
-    **Limitation:** the samplers' run-time checks (`eqx.error_if`) route the batch
-    through a host callback whose result XLA places on one device, so today XLA
-    runs the solve's loop replicated (the whole batch on every device) and only
-    the outputs are split: correct, but no faster than one device. With the
-    environment variable `EQX_ON_ERROR=nan` (failures give NaN and a `result`
-    code instead of raising) the loop runs split. XLA logs an "Involuntary full
-    rematerialization" warning while compiling; it is that callback. See
-    `docs/sharding.md`.
+    XLA logs an "Involuntary full rematerialization" warning while compiling: it
+    concerns the branch that raises a failed check's error (an `eqx.error_if`
+    callback), which runs only on failure. See `docs/sharding.md`.
     """
     if len(args) < 2 or not isinstance(args[1], AbstractSDE):
         raise TypeError(
