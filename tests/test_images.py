@@ -120,7 +120,9 @@ def test_cifar10_files(tmp_path, inside):
     _write_cifar_batch(folder / "data_batch_2", *second)
     _write_cifar_batch(folder / "test_batch", *test)
     data_dir = folder if inside else tmp_path
-    with pytest.warns(UserWarning, match="using 2 of the 5 batches"):
+    with pytest.warns(
+        UserWarning, match=r"found 2 of 5 training batches \(10 of 50,000 images\)"
+    ):
         train = sd.data.load_images("cifar10", "train", data_dir, source="files")
     assert len(train) == 10
     np.testing.assert_array_equal(train.labels, np.concatenate([first[1], second[1]]))
@@ -339,6 +341,49 @@ def test_resumed_iterator_continues_with_the_same_batches():
     ):
         np.testing.assert_array_equal(x, x_expected)
         np.testing.assert_array_equal(y, y_expected)
+
+
+def test_horizontal_flips_are_per_example_keyed_and_resumable(tmp_path):
+    # A partial CIFAR-10 copy (two of five training batches) through the pipeline
+    # with flips: every image comes out as itself or its mirror image (left-right),
+    # about half of them mirrored, independently per example; the same seed flips
+    # the same ones, a resumed iterator too, and the next epoch flips others.
+    folder = tmp_path / "cifar-10-batches-py"
+    first, second = _colour_images(40, 0), _colour_images(24, 1)
+    _write_cifar_batch(folder / "data_batch_1", *first)
+    _write_cifar_batch(folder / "data_batch_4", *second)
+    with pytest.warns(UserWarning, match=r"found 2 of 5 .* \(64 of 50,000 images\)"):
+        source = sd.data.load_images("cifar10", "train", tmp_path)
+    images = np.concatenate([first[0], second[0]])
+    scale = lambda x: x.astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+    def flips(batches):
+        out = []
+        for x, y in batches:
+            for image, label in zip(x, y, strict=True):
+                plain = np.array_equal(image, scale(images[label]))
+                mirror = np.array_equal(image, scale(images[label][:, ::-1]))
+                assert plain != mirror  # one of the two, and random images differ
+                out.append(mirror)
+        return out
+
+    # Labels that identify the examples: example i relabelled i.
+    assert isinstance(source, sd.data.ImageArrays)
+    source = sd.data.ImageArrays(source.images, np.arange(64))
+    pipeline = lambda flip: sd.data.image_batches(
+        source, 16, seed=3, shuffle=False, horizontal_flip=flip
+    )
+    it = iter(pipeline(True))
+    epoch1 = flips(_take(it, 4))
+    state = it.get_state()
+    epoch2 = flips(_take(it, 4))
+    assert 16 <= sum(epoch1) <= 48 and 16 <= sum(epoch2) <= 48  # 8 sd from 32
+    assert epoch1 != epoch2  # each epoch draws its flips anew
+    assert flips(_take(iter(pipeline(True)), 4)) == epoch1  # keyed by the seed
+    resumed = iter(pipeline(True))
+    resumed.set_state(state)
+    assert flips(_take(resumed, 4)) == epoch2
+    assert not any(flips(_take(iter(pipeline(False)), 4)))  # off by default
 
 
 def test_pipeline_rejects_impossible_batches():

@@ -83,7 +83,15 @@ def test_output_has_the_input_shape(image_shape, channel_mults, attention):
     "preset, image_shape, num_params",
     [
         (sd.nn.UNet.mnist, (28, 28, 1), 686_513),
-        (sd.nn.UNet.cifar10, (32, 32, 3), 35_744_771),
+        # Skreta et al.'s network: DDPM's with attention at 16 and 8.
+        (sd.nn.UNet.cifar10, (32, 32, 3), 37_061_891),
+        # DDPM's own (attention at 16 only): 35.7M parameters in Ho et al. 2020.
+        (
+            functools.partial(sd.nn.UNet.cifar10, attention_resolutions=(16,)),
+            (32, 32, 3),
+            35_744_771,
+        ),
+        (sd.nn.UNet.cifar10_small, (32, 32, 3), 1_575_267),
     ],
 )
 def test_presets_by_shape_only(preset, image_shape, num_params):
@@ -98,6 +106,22 @@ def test_presets_by_shape_only(preset, image_shape, num_params):
         lambda m, x: m(0.5, x, key=jax.random.key(1)), unet, x
     )
     assert keyed.shape == image_shape
+
+
+def test_cifar10_is_the_papers_configuration():
+    unet = eqx.filter_eval_shape(sd.nn.UNet.cifar10, key=jax.random.key(0))
+    assert unet.base_channels == 128 and unet.channel_mults == (1, 2, 2, 2)
+    assert unet.num_res_blocks == 2 and unet.dropout == 0.1
+    assert unet.attention_resolutions == (16, 8)
+    # Attention after every residual block at 16×16 and 8×8, none at 32 or 4.
+    down = [[a is not None for a in level.attentions] for level in unet.down]
+    up = [[a is not None for a in level.attentions] for level in unet.up]
+    assert down == [[False] * 2, [True] * 2, [True] * 2, [False] * 2]
+    assert up == [[False] * 3, [True] * 3, [True] * 3, [False] * 3]
+    small = eqx.filter_eval_shape(sd.nn.UNet.cifar10_small, key=jax.random.key(0))
+    assert small.attention_resolutions == (16, 8) and small.channel_mults == (
+        1, 2, 2, 2,
+    )  # fmt: skip
 
 
 def test_every_parameter_gets_a_finite_nonzero_gradient(unet):

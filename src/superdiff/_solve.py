@@ -26,6 +26,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 from ._divergence import AbstractDivergence
 from ._family import AbstractScoreFamily, ScoreFn, check_family, score_family
 from ._sde import AbstractSDE
+from ._util import branched_error_if, error_if
 
 
 class RESULTS(dfx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -337,9 +338,7 @@ def prior_log_prob(
 
 def _error_if_not_finite(x: Array, name: str) -> Array:
     bad = ~jnp.all(jnp.isfinite(x))
-    return eqx.error_if(
-        x, bad, f"`{name}` contains NaN or inf; expected finite values."
-    )
+    return error_if(x, bad, f"`{name}` contains NaN or inf; expected finite values.")
 
 
 def initial_noise(
@@ -436,7 +435,7 @@ def check_finite_scores(
         "expected finite scores."
         for bad in bad_sets
     ]
-    return eqx.branched_error_if(x, ~jnp.all(finite), bits, messages)
+    return branched_error_if(x, ~jnp.all(finite), bits, messages)
 
 
 # ------------------------------------------------------------------ solve

@@ -31,7 +31,7 @@ from ._family import AbstractScoreFamily, ScoreFn, batched
 from ._guidance import AbstractGuidance, sigma_score_norm2
 from ._operators import AbstractOperator, OperatorInputs, weighted_sum
 from ._sde import AbstractSDE
-from ._util import inner
+from ._util import error_if, inner
 
 
 # ------------------------------------------------------------ reverse SDE
@@ -318,7 +318,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
         # The term refuses solvers other than Euler: their later stages evaluate it
         # inside the step, away from where the control starts.
         if self.euler_only:
-            dw = eqx.error_if(dw, vf.tau != tau0, _NOT_EULER)
+            dw = error_if(dw, vf.tau != tau0, _NOT_EULER)
         f, g2 = vf.f, vf.g2
         h = g2 * dtau
         noise = jnp.sqrt(g2) * dw

@@ -393,17 +393,19 @@ def _cifar10_from_files(data_dir: Path, split: Split) -> ImageArrays | str:
     else:
         folders = ", ".join(str(folder) for folder in candidates)
         return f"none of {', '.join(names)} (looked in {folders})"
-    if len(paths) < len(names):
-        missing = sorted(set(names) - {p.name for p in paths})
-        warnings.warn(
-            f"CIFAR-10 {split}: using {len(paths)} of the {len(names)} batches in "
-            f"{folder} ({', '.join(p.name for p in paths)}); missing "
-            f"{', '.join(missing)}.",
-            stacklevel=3,
-        )
     parts = [_read_cifar_batch(p) for p in paths]
     images = np.concatenate([p[0] for p in parts])  # one contiguous copy
     labels = np.concatenate([p[1] for p in parts])
+    if len(paths) < len(names):
+        missing = sorted(set(names) - {p.name for p in paths})
+        full = 10_000 * len(names)
+        warnings.warn(
+            f"CIFAR-10 {split}: found {len(paths)} of {len(names)} training batches "
+            f"({len(images):,} of {full:,} images) in {folder}: "
+            f"{', '.join(p.name for p in paths)}; missing {', '.join(missing)}. "
+            "Training on part of the data set.",
+            stacklevel=3,
+        )
     return ImageArrays(images, labels, name=f"cifar10/{split}")
 
 
@@ -540,8 +542,8 @@ def load_images(
             (`.gz`) or not. CIFAR-10: the "python version" batches
             `cifar-10-batches-py/data_batch_1` ... `data_batch_5` and `test_batch`;
             `data_dir` is the folder containing `cifar-10-batches-py/` or that
-            folder itself. The training batches present are used (with a warning
-            if some are missing). The whole split is read into memory once.
+            folder itself. A partial copy works: the training batches present are
+            used, with a warning that says how many it found. The whole split is read into memory once.
         - `"tfds"`: a copy prepared by tensorflow-datasets as ArrayRecord files,
             read by index with `tfds.data_source`, without TensorFlow.
         - `"auto"`: the original files if they are there, else tensorflow-datasets.
@@ -611,18 +613,29 @@ class _Batcher:
         batches_per_epoch: int,
         seed: int,
         shuffle: bool,
+        horizontal_flip: bool = False,
     ):
         self.source = source
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.shuffle = shuffle
+        self.horizontal_flip = horizontal_flip
 
     def __call__(self, index: int, _: Any) -> ImageBatch:
         epoch, position = divmod(index, self.batches_per_epoch)
         order = _epoch_order(len(self.source), self.seed, epoch, self.shuffle)
         start = position * self.batch_size
-        return self.source.gather(order[start : start + self.batch_size])
+        batch = self.source.gather(order[start : start + self.batch_size])
+        if self.horizontal_flip:
+            # Each example mirrored left-right with probability 1/2, drawn from
+            # (seed, batch index) alone, so a resumed pipeline flips the same ones.
+            images = batch["image"]
+            rng = np.random.default_rng((self.seed, index, 1))
+            flip = rng.random(images.shape[0]) < 0.5
+            mirrored = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+            batch = ImageBatch(image=mirrored, label=batch["label"])
+        return batch
 
 
 def _scale(
@@ -648,6 +661,7 @@ def image_batches(
     num_epochs: int | None = None,
     drop_remainder: bool = True,
     with_labels: bool = True,
+    horizontal_flip: bool = False,
     read_options: grain.ReadOptions | None = None,
 ) -> grain.IterDataset:
     """Batches of `source` for training or evaluation, as a grain pipeline:
@@ -678,6 +692,9 @@ def image_batches(
     - `drop_remainder`: drop each epoch's last, incomplete batch, so that all
         batches have one shape (one compilation of the training step).
     - `with_labels`: yield `(images, labels)`, or `False` for the images alone.
+    - `horizontal_flip`: a training augmentation: mirror each example left-right
+        with probability 1/2, independently per example, drawn from `(seed, k)` for
+        batch $k$ (so resuming replays the same flips, and each epoch flips anew).
     - `read_options`: grain's `ReadOptions` for the background threads that
         prepare batches ahead; by default 2 threads and 8 batches ahead.
     """
@@ -696,7 +713,9 @@ def image_batches(
     if seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer; got {seed}.")
     batches_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-    batcher = _Batcher(source, batch_size, batches_per_epoch, seed, shuffle)
+    batcher = _Batcher(
+        source, batch_size, batches_per_epoch, seed, shuffle, horizontal_flip
+    )
     dataset = (
         grain.MapDataset.range(batches_per_epoch)
         .repeat(num_epochs)

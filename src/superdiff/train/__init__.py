@@ -1,5 +1,5 @@
 """Training: losses, the optimiser, the resumable `fit` loop with EMA and
-checkpoints, and its pieces."""
+checkpoints, and its pieces; data parallelism over several devices."""
 
 from ._checkpoint import (
     CheckpointError as CheckpointError,
@@ -10,6 +10,16 @@ from ._loss import (
     batch_dsm_loss as batch_dsm_loss,
     classifier_loss as classifier_loss,
     dsm_loss as dsm_loss,
+)
+from ._sharding import (
+    batch_sharding as batch_sharding,
+    data_mesh as data_mesh,
+    maybe_initialize_distributed as maybe_initialize_distributed,
+    replicate as replicate,
+    replicated as replicated,
+    sample_sharded as sample_sharded,
+    shard_batch as shard_batch,
+    sharded_noise as sharded_noise,
 )
 from ._train import (
     ArraySampler as ArraySampler,

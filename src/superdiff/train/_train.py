@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._sde import AbstractSDE
@@ -25,6 +26,14 @@ from ._checkpoint import (
     remove_stale_temporaries,
 )
 from ._loss import batch_dsm_loss
+from ._sharding import (
+    batch_sharding,
+    check_batch_size,
+    constrain,
+    replicate,
+    replicated,
+    shard_batch,
+)
 
 
 class TrainState(eqx.Module):
@@ -106,7 +115,10 @@ def _train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     ema_decay: float,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, Float[Array, ""]]:
+    if mesh is not None:  # the batch split over devices, the state replicated
+        batch = constrain(batch, batch_sharding(mesh))
     key = step_key(state)
     loss, grads = eqx.filter_value_and_grad(loss_fn)(state.model, batch, key)
     params = eqx.filter(state.model, eqx.is_inexact_array)
@@ -114,6 +126,8 @@ def _train_step(
     model = eqx.apply_updates(state.model, updates)
     ema = ema_update(state.ema, model, ema_decay)
     new = TrainState(model, ema, opt_state, state.step + 1, state.seed)
+    if mesh is not None:
+        new = constrain(new, replicated(mesh))
     return new, loss
 
 
@@ -123,10 +137,16 @@ def train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     ema_decay: float = 0.999,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, Float[Array, ""]]:
     """One optimisation step: loss and gradients, the optimiser's update, the EMA.
-    Compiled once (`eqx.filter_jit`) per model structure and batch shape."""
-    return _train_step(batch, state, loss_fn, optimizer, ema_decay)
+    Compiled once (`eqx.filter_jit`) per model structure and batch shape.
+
+    With a `mesh` (`superdiff.train.data_mesh()`) the step is data-parallel: the
+    batch is split over the mesh's `"data"` axis, the returned state replicated
+    (pass `replicate(state, mesh)` and `shard_batch(batch, mesh)`; XLA sums the
+    gradients across devices)."""
+    return _train_step(batch, state, loss_fn, optimizer, ema_decay, mesh)
 
 
 class ArraySampler(eqx.Module):
@@ -147,12 +167,15 @@ class ArraySampler(eqx.Module):
         return self.data[idx]
 
 
-def _sampler_objective(loss_fn: LossFn, sampler: ArraySampler) -> LossFn:
+def _sampler_objective(
+    loss_fn: LossFn, sampler: ArraySampler, mesh: Mesh | None = None
+) -> LossFn:
     def loss(model, data, key):
         batch_key, loss_key = jax.random.split(key)
-        return loss_fn(
-            model, ArraySampler(data, sampler.batch_size)(batch_key), loss_key
-        )
+        batch = ArraySampler(data, sampler.batch_size)(batch_key)
+        if mesh is not None:
+            batch = constrain(batch, batch_sharding(mesh))
+        return loss_fn(model, batch, loss_key)
 
     return loss
 
@@ -229,6 +252,7 @@ def fit(
     log_path: str | os.PathLike | None = None,
     callback: Callable[[TrainState], dict[str, Any] | None] | None = None,
     callback_every: int | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Train until `state.step == num_steps`, resuming from the newest intact
     checkpoint in the folder `checkpoint_path` if there is one.
@@ -252,6 +276,14 @@ def fit(
     `callback(state)` runs every `callback_every` steps (e.g. to draw a grid of
     samples from the EMA weights or to evaluate); a dict it returns is merged into
     a history record `{"step": ..., **result}`.
+
+    `mesh` (e.g. `superdiff.train.data_mesh()`, every device) makes the training
+    data-parallel: each batch is split over the mesh's devices (its size must be a
+    multiple of their count), the state (model, optimiser state, EMA) is
+    replicated on all of them, also after loading a checkpoint written on any
+    number of devices, and XLA sums the gradients across them. `None` (the default)
+    trains on the default device, as without sharding; it is never turned on
+    implicitly. See `docs/sharding.md`.
     """
     if num_steps < 0:
         raise ValueError(f"`num_steps` must be non-negative; got {num_steps}.")
@@ -273,12 +305,20 @@ def fit(
             data.set_state(metadata["data_state"])  # pyright: ignore
     if log_path is not None:
         _check_log(Path(log_path))
+    if mesh is not None:
+        state = replicate(state, mesh)
     if isinstance(data, ArraySampler):
-        objective = _sampler_objective(loss_fn, data)
-        next_batch = lambda: data.data
+        if mesh is not None:
+            check_batch_size(data.batch_size, mesh)
+            data = ArraySampler(replicate(data.data, mesh), data.batch_size)
+        objective = _sampler_objective(loss_fn, data, mesh)
+        next_batch = lambda: data.data  # pyright: ignore[reportAttributeAccessIssue]
     else:
         objective = loss_fn
-        next_batch = lambda: next(data)
+        if mesh is None:
+            next_batch = lambda: next(data)  # pyright: ignore[reportArgumentType]
+        else:
+            next_batch = lambda: shard_batch(next(data), mesh)  # pyright: ignore
     start = int(state.step)
     history: list[dict] = []
     if log_path is not None:
@@ -299,7 +339,9 @@ def fit(
 
     tic = time.perf_counter()
     for step in range(start, num_steps):
-        state, loss = train_step(state, next_batch(), objective, optimizer, ema_decay)
+        state, loss = train_step(
+            state, next_batch(), objective, optimizer, ema_decay, mesh
+        )
         losses.append(loss)
         bar.update(1)
         done = step + 1
