@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 import superdiff as sd
@@ -270,6 +271,23 @@ def test_run_ends_user_errors_with_their_message_and_keeps_bugs_tracebacks(capsy
         assert capsys.readouterr().err == f"test_cli.py: error: {message}\n"
     with pytest.raises(KeyError, match="a bug"):
         cli.run(bug, [])
+
+
+def test_run_ends_checkpoint_errors_with_their_message(capsys, tmp_path):
+    # A checkpoint of another configuration under the same --out: one line, the
+    # file, the cause and what to do; status 1, no traceback.
+    folder = tmp_path / "model.eqx"
+    sd.train.save_checkpoint(folder / "step-00000001.ckpt", {"w": jnp.zeros(3)})
+
+    def resume(argv):
+        sd.train.load_checkpoint(folder, {"w": jnp.zeros(4)})
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(resume, [])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("test_cli.py: error: ")
+    assert "model.eqx" in err and "new --out" in err
 
 
 def test_progress_bar_prints_plain_lines_where_there_is_no_terminal():

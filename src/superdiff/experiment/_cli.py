@@ -338,7 +338,10 @@ def run(
 
     A `UsageError` or `superdiff.data.DataNotFoundError` ends it with
     `prog: error: message` on stderr and exit status 2 (`SystemExit(2)`), as
-    argparse ends a bad flag; `prog` is the name of `main`'s file. Ctrl-C ends it
+    argparse ends a bad flag; `prog` is the name of `main`'s file. A
+    `superdiff.train.CheckpointError` (no space, permission denied, a damaged
+    checkpoint with none intact to fall back on, a different configuration under
+    the same `--out`) ends the same way with status 1. Ctrl-C ends it
     with a line saying how to resume (status 130). Any other exception is a bug and
     keeps its traceback (status 1). Where other threads are still running (jobs
     side by side), these end the process at once instead of waiting for them.
@@ -348,12 +351,26 @@ def run(
     except TypeError:
         file = None
     prog = Path(file or sys.argv[0]).name
+    from ..train import CheckpointError  # here: superdiff.train imports this module
+
     try:
         main(argv)
     except (UsageError, DataNotFoundError) as err:
         sys.stdout.flush()
         print(f"{prog}: error: {err}", file=sys.stderr)
+        _exit_now(2)
         raise SystemExit(2) from None
+    except CheckpointError as err:
+        sys.stdout.flush()
+        hint = (
+            " (a run with other settings under the same --out? Give a new --out, "
+            "or delete that folder to start fresh.)"
+            if err.kind == "mismatch"
+            else ""
+        )
+        print(f"{prog}: error: {err}{hint}", file=sys.stderr)
+        _exit_now(1)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every checkpoint written is complete; run the same "
