@@ -33,7 +33,13 @@ import superdiff.experiment as cli  # noqa: E402
 
 
 SOLVERS = {"euler": dfx.Euler, "heun": dfx.Heun, "sra1": dfx.SRA1}
-ESTIMATORS = {"ito": sd.ItoEstimator, "kernel": sd.KernelRatioEstimator}
+# "default": what `sample` picks for each operator (the corrected kernel ratio for
+# OR, the uncorrected one for AND; `docs/math.md` §3.6).
+ESTIMATORS = {
+    "default": lambda: None,
+    "ito": sd.ItoEstimator,
+    "kernel": sd.KernelRatioEstimator,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,8 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "averaging); OR and AND track log-densities and always use Euler",
     )
     p.add_argument(
-        "--estimator", choices=sorted(ESTIMATORS), default="ito",
-        help="log-density estimator of OR and AND",
+        "--estimator", choices=sorted(ESTIMATORS), default="default",
+        help="log-density estimator of OR and AND ('default': the operator's own)",
     )  # fmt: skip
     p.add_argument(
         "--and-curvature",

@@ -245,7 +245,7 @@ full = [np.asarray(v) for v in np.load("full.npz").values()]
 import shutil
 for name, mesh in (("two", sd.train.data_mesh()), ("one", None)):
     path = f"{name}.eqx"
-    shutil.copy("four.eqx", path)
+    shutil.copytree("four.eqx", path)  # a checkpoint folder
     resumed, _ = sd.train.fit(state, sampler, loss_fn, optimizer, 6, progress=False,
                               mesh=mesh, checkpoint_path=path)
     result[f"{name}_step"] = int(resumed.step)
