@@ -8,9 +8,10 @@ samples from each), fixed averaging, SuperDiff OR (T = 1, T = 100 and T = 10⁶,
 value the reference code hard-codes), SuperDiff AND and the union model; and scores
 every method: the Fréchet distance to the test set in the classifier's features
 (with the real-data floor at the same sample size), the classifier's class
-histogram (the share of classes 0-4), and, when the optional extra `fid` is
-installed (`uv sync --extra fid`), the standard FID against the training set,
-whose statistics are computed once and cached. Writes `results.md`,
+histogram (the share of classes 0-4), and, with `--fid` (on in the gpu and paper
+presets) and the optional extra `fid` installed (`uv sync --extra fid`), the
+standard FID against the training set, whose statistics are computed once and
+cached; without the extra, FID is skipped with a one-line note. Writes `results.md`,
 `results.json`, `summary.png` (grids and class histograms), `training_grids.png`
 and one sample grid per method to the output folder, and, while training, a grid
 of samples from each model every `--grid-every` steps under `<out>/grids/` and a
@@ -85,6 +86,10 @@ class Preset:
     sample_batch: int = _setting("samples drawn at once")
     grid_every: int = _setting("training steps between sample grids")
     classifier_steps: int = _setting("classifier training steps")
+    fid: bool = _setting(
+        "score with the standard FID (needs the extra `fid`; skipped with a note "
+        "without it)"
+    )
     fid_count: int = _setting(
         "training images in the FID reference statistics (at most those present)"
     )
@@ -95,26 +100,28 @@ class Preset:
 PRESETS = {
     # Runs end to end on 2 shared CPU cores; measured in docs/split_cifar10.md.
     # A smoke test of the pipeline: the samples are colour blobs, not objects.
+    # FID is off (`--fid` turns it on): Inception-v3 takes 0.6-0.8 s an image on
+    # this CPU (docs/fid.md), longer than the rest of the run.
     "cpu": Preset(
         unet="tiny", train_steps=200, batch_size=32, lr=1e-3, warmup_steps=50,
         grad_clip=1.0, ema_decay=0.99, horizontal_flip=True, num_samples=128,
         num_steps=30, sample_batch=128, grid_every=100, classifier_steps=300,
-        fid_count=2000, workers=2,
+        fid=False, fid_count=2000, workers=2,
     ),
     # The paper's network and optimiser with a step budget estimated (not
     # measured) to fit a few hours on one H200; see docs/split_cifar10.md.
     "gpu": Preset(
-        unet="paper", train_steps=40_000, batch_size=128, lr=2e-4,
+        unet="paper", train_steps=30_000, batch_size=128, lr=2e-4,
         warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999, horizontal_flip=True,
         num_samples=10_000, num_steps=200, sample_batch=2000, grid_every=5000,
-        classifier_steps=5000, fid_count=50_000, workers=1,
+        classifier_steps=5000, fid=True, fid_count=50_000, workers=1,
     ),
     # Skreta et al.'s configuration (their repository's configs).
     "paper": Preset(
         unet="paper", train_steps=500_000, batch_size=128, lr=2e-4,
         warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999, horizontal_flip=True,
         num_samples=50_000, num_steps=200, sample_batch=2000, grid_every=25_000,
-        classifier_steps=10_000, fid_count=50_000, workers=1,
+        classifier_steps=10_000, fid=True, fid_count=50_000, workers=1,
     ),
 }  # fmt: skip
 
@@ -310,7 +317,10 @@ class Scorer:
 
 def fid_setup(train, preset, cache, progress):
     """The FID network and the training set's statistics, or `(None, None)` with a
-    one-line note when the optional extra is not installed."""
+    one-line note when FID is off or the optional extra is not installed."""
+    if not preset.fid:
+        print("FID off in this preset (`--fid` turns it on)")
+        return None, None
     try:
         model = sd.metrics.InceptionV3.pretrained()
     except sd.metrics.MissingWeightsError:
@@ -333,7 +343,7 @@ def write_table(results: dict, meta: dict, path: Path) -> str:
     fid_note = (
         f"FID (standard Inception-v3) against {meta['fid_count']} training images"
         if meta["fid_count"]
-        else "FID not computed (the optional extra `fid` is not installed)"
+        else "FID not computed (off, or the optional extra `fid` not installed)"
     )
     lines = [
         f"Samples per method: {meta['num_samples']}; Euler–Maruyama, "

@@ -94,7 +94,7 @@ def test_show_preset_paper_is_the_papers_configuration(capsys):
         "  --unet paper", "  --train-steps 500000", "  --batch-size 128",
         "  --lr 0.0002", "  --warmup-steps 5000", "  --grad-clip 1.0",
         "  --ema-decay 0.9999", "  --horizontal-flip True", "  --num-steps 200",
-        "  --num-samples 50000",
+        "  --num-samples 50000", "  --fid True",
     ]:  # fmt: skip
         assert line in lines
     assert len(lines) == 1 + len(module.Preset.__dataclass_fields__)
@@ -138,6 +138,7 @@ TINY = [
     "--unet", "tiny", "--train-steps", "2", "--batch-size", "4", "--warmup-steps",
     "1", "--classifier-steps", "2", "--num-samples", "6", "--sample-batch", "4",
     "--num-steps", "2", "--grid-every", "1", "--no-progress", "--devices", "1",
+    "--fid",
 ]  # fmt: skip
 
 
@@ -155,7 +156,8 @@ def test_split_cifar10_runs_end_to_end_and_resumes(tmp_path):
     data, out = tmp_path / "cifar", tmp_path / "out"
     _write_cifar(data, 60, 30)
     # A partial copy: two of the five training batches, with a warning.
-    run = _run("--data-dir", str(data), "--out", str(out), *TINY)
+    fid_cache = ["--fid-cache", str(tmp_path / "fid")]  # not the user's cache
+    run = _run("--data-dir", str(data), "--out", str(out), *TINY, *fid_cache)
     assert "found 2 of 5 training batches" in run.stderr
     results = json.loads((out / "results.json").read_text())
     methods = [
@@ -198,7 +200,7 @@ def test_split_cifar10_runs_end_to_end_and_resumes(tmp_path):
     # The rerun reuses every checkpoint: no model trains again.
     logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
     grids = {p: p.stat().st_mtime_ns for p in (out / "grids").rglob("*.png")}
-    _run("--data-dir", str(data), "--out", str(out), *TINY)
+    _run("--data-dir", str(data), "--out", str(out), *TINY, *fid_cache)
     assert {p.name: p.read_text() for p in (out / "logs").iterdir()} == logs
     assert {p: p.stat().st_mtime_ns for p in (out / "grids").rglob("*.png")} == grids
 
