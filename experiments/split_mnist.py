@@ -46,11 +46,10 @@ from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 import superdiff as sd  # noqa: E402
 import superdiff.experiment as cli  # noqa: E402
-from superdiff.experiment import Job, run_jobs, timed  # noqa: E402
+from superdiff.experiment import Job, run_jobs, save_grid, timed  # noqa: E402
 
 
 LOW, HIGH, ALL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10))
@@ -122,25 +121,6 @@ def make_unet(kind: str, key) -> sd.nn.UNet:
             num_groups=16, num_heads=4, key=key,
         )  # fmt: skip
     raise ValueError(f"`unet` must be 'small' or 'large'; got {kind!r}.")
-
-
-def save_grid(images, path: Path, columns: int = 8, title: str | None = None):
-    """Images in [-1, 1], `(n, 28, 28, 1)`, tiled into one PNG. Called from the
-    training threads, so it uses no pyplot state (pyplot is not thread-safe)."""
-    images = np.clip(np.asarray(images)[..., 0], -1, 1)
-    rows = -(-images.shape[0] // columns)
-    canvas = np.ones((rows * 29 + 1, columns * 29 + 1))
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[1 + 29 * r : 29 * r + 29, 1 + 29 * c : 29 * c + 29] = (image + 1) / 2
-    fig = Figure(figsize=(columns * 0.5, rows * 0.5 + 0.3 * bool(title)))
-    ax = fig.subplots()
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
 def draw(

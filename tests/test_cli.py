@@ -62,6 +62,8 @@ BAD_FLAGS = [
     ("split_mnist", ["--num-samples", "0"], "--num-samples must be a positive integer; got 0"),
     ("split_mnist", ["--lr", "nan"], "--lr must be a positive number; got nan"),
     ("split_mnist", ["--unet", "huge"], "--unet: invalid choice: 'huge' (choose from 'small', 'large')"),
+    ("split_cifar10", ["--preset", "huge"], "--preset: invalid choice: 'huge' (choose from 'cpu', 'gpu', 'paper')"),
+    ("split_cifar10", ["--ema-decay", "2"], "--ema-decay must be a probability in [0, 1]; got 2.0"),
     ("density", ["--guidance-steps", "0"], "--guidance-steps must be a positive integer; got 0"),
     ("density", ["--num-samples", "1.5"], "--num-samples must be a positive integer; got '1.5'"),
 ]  # fmt: skip

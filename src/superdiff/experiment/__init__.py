@@ -1,5 +1,5 @@
 """Helpers for experiment scripts: the command line they share (flag types, presets,
-the entry point), progress bars that suit a terminal or a log, and a job scheduler
+the entry point), progress bars that suit a terminal or a log, sample grids, and a job scheduler
 that runs trainings and samplings side by side, with a timer for its jobs."""
 
 from ._cli import (
@@ -14,5 +14,6 @@ from ._cli import (
     probability as probability,
     run as run,
 )
+from ._figures import save_grid as save_grid, tile as tile
 from ._jobs import Job as Job, run_jobs as run_jobs, timed as timed
 from ._progress import progress_bar as progress_bar
