@@ -358,7 +358,6 @@ def run(
     except (UsageError, DataNotFoundError) as err:
         sys.stdout.flush()
         print(f"{prog}: error: {err}", file=sys.stderr)
-        _exit_now(2)
         raise SystemExit(2) from None
     except CheckpointError as err:
         sys.stdout.flush()
@@ -369,7 +368,6 @@ def run(
             else ""
         )
         print(f"{prog}: error: {err}{hint}", file=sys.stderr)
-        _exit_now(1)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(
