@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{preset.train_steps} steps; seed {args.seed}"
     )
     plot_summary(samples, results, out, title)
-    plot_training_grids(out)
+    cli.plot_training_grids(out, ("low", "high", "full"), dpi=120)
     print(f"wrote {out}/results.md, results.json, summary.png and training_grids.png")
 
 
@@ -390,29 +390,6 @@ def plot_summary(samples: dict, results: dict, out: Path, title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "summary.png", dpi=120)
-    plt.close(fig)
-
-
-def plot_training_grids(out: Path, columns: int = 4):
-    """The periodic sample grids of each model side by side: up to `columns`
-    evenly spaced training steps, the last one included."""
-    names = [n for n in ("low", "high", "full") if (out / "grids" / n).is_dir()]
-    paths = {n: sorted((out / "grids" / n).glob("step_*.png")) for n in names}
-    names = [n for n in names if paths[n]]
-    if not names:
-        return
-    width = min(columns, max(len(p) for p in paths.values()))
-    fig, axes = plt.subplots(
-        len(names), width, figsize=(3.4 * width, 1.6 * len(names)), squeeze=False
-    )
-    for row, name in zip(axes, names, strict=True):
-        chosen = np.linspace(0, len(paths[name]) - 1, min(width, len(paths[name])))
-        for ax in row:
-            ax.set_axis_off()
-        for ax, i in zip(row, np.unique(chosen.round().astype(int)), strict=False):
-            ax.imshow(plt.imread(paths[name][i]))
-    fig.tight_layout()
-    fig.savefig(out / "training_grids.png", dpi=120)
     plt.close(fig)
 
 

@@ -14,6 +14,10 @@ from ._cli import (
     probability as probability,
     run as run,
 )
-from ._figures import save_grid as save_grid, tile as tile
+from ._figures import (
+    plot_training_grids as plot_training_grids,
+    save_grid as save_grid,
+    tile as tile,
+)
 from ._jobs import Job as Job, run_jobs as run_jobs, timed as timed
 from ._progress import progress_bar as progress_bar

@@ -2,6 +2,7 @@
 colour images tiled into one picture, drawn without pyplot's global state so that
 training threads can save them."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,30 @@ def save_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def plot_training_grids(
+    out: Path, names: Sequence[str], columns: int = 4, dpi: int = 100
+) -> None:
+    """Side by side, the periodic sample grids `fit` wrote for each model in
+    `out/grids/<name>/step_*.png`: up to `columns` evenly spaced training steps, the
+    last one included. Written to `out/training_grids.png`; nothing if no grids."""
+    import matplotlib.pyplot as plt
+
+    paths = {n: sorted((out / "grids" / n).glob("step_*.png")) for n in names}
+    names = [n for n in names if paths[n]]
+    if not names:
+        return
+    width = min(columns, max(len(paths[n]) for n in names))
+    fig, axes = plt.subplots(
+        len(names), width, figsize=(3.4 * width, 1.6 * len(names)), squeeze=False
+    )
+    for row, name in zip(axes, names, strict=True):
+        chosen = np.linspace(0, len(paths[name]) - 1, min(width, len(paths[name])))
+        for ax in row:
+            ax.set_axis_off()
+        for ax, i in zip(row, np.unique(chosen.round().astype(int)), strict=False):
+            ax.imshow(plt.imread(paths[name][i]))
+    fig.tight_layout()
+    fig.savefig(out / "training_grids.png", dpi=dpi)
+    plt.close(fig)
