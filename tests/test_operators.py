@@ -1,5 +1,7 @@
 """Superposition operators (docs/math.md §5) against the equations they solve."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +179,22 @@ def test_or_is_shift_invariant_and_stable():
     b = _weights(op, jnp.array([-1e4 - 1.0, -1e4 + 0.5]), scores, noise, 0.01)
     np.testing.assert_allclose(a, b, rtol=1e-12)
     np.testing.assert_allclose(a, jax.nn.softmax(jnp.array([-2.0, 1.0])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1e3, 1e6, 1e9])
+def test_or_large_temperature_in_float32_under_jit(temperature):
+    # Image models' log-densities are thousands of nats (log N(x; 0, I) is about
+    # -4360 in d = 3072), so T log q is ~4e9 at T = 1e6: beyond float32's integer
+    # resolution. The weights must still be the softmax's limit, under `jit` too
+    # (where XLA fuses the scaling into the max subtraction).
+    scores, noise = jnp.ones((3, 4), jnp.float32), jnp.zeros(4, jnp.float32)
+    weigh = jax.jit(lambda op, lq: _weights(op, lq, scores, noise, 0.01))
+    tied = jnp.full((3,), -4375.944, jnp.float32)
+    np.testing.assert_allclose(weigh(sd.Or(temperature), tied), np.full(3, 1 / 3))
+    apart = jnp.array([-4375.9, -4376.0, -4380.0], jnp.float32)
+    np.testing.assert_allclose(weigh(sd.Or(temperature), apart), [1.0, 0.0, 0.0])
+    biased = sd.Or(temperature, bias=(-math.inf, 0.0, 0.0))
+    np.testing.assert_allclose(weigh(biased, apart), [0.0, 1.0, 0.0])
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])

@@ -228,7 +228,13 @@ class Or(AbstractOperator):
     def __call__(self, inputs):
         if inputs.log_q is None:
             raise ValueError("`Or` weighs by the tracked log-densities: give `log_q`.")
-        logits = self.temperature * inputs.log_q
+        # Shift before scaling: softmax is shift-invariant, and the largest entry is
+        # then exactly 0 for any T. Scaling first loses the logits to rounding once
+        # |T log q| is large (T = 1e6 and log q ~ -4e3 give 4e9, whose float32 ulp
+        # is 512), and under `jit` XLA fuses T log q - max(T log q) into an FMA
+        # whose "zero" is then -168: every exp underflows and softmax is 0/0.
+        log_q = inputs.log_q
+        logits = self.temperature * (log_q - jnp.max(log_q))
         if self.bias is not None:
             logits = logits + jnp.asarray(self.bias, dtype=logits.dtype)
         return jax.nn.softmax(logits)
