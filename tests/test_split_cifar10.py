@@ -167,12 +167,9 @@ def test_split_cifar10_runs_end_to_end_and_resumes(tmp_path):
     ]  # fmt: skip
     assert list(results["results"]) == methods
     for name, r in results["results"].items():
-        if "failed" in r:
-            # Untrained models and 2 steps: T = 10^6 may diverge; reported, not fatal.
-            assert name == "SuperDiff OR (T=10^6)", (name, r)
-            assert r["failed"].startswith("The solve produced NaN or inf")
-            assert f"| {name} | failed: " in (out / "results.md").read_text()
-            continue
+        # Every method samples, OR at T = 10^6 too (its log-densities are
+        # thousands of nats: `Or` must not lose them to float32 rounding).
+        assert "failed" not in r, (name, r)
         assert sum(r["histogram"]) == pytest.approx(1.0, abs=1e-3), name
         assert 0 <= r["share_0_4"] <= 1 and r["frechet"] >= 0
     assert results["meta"]["num_samples"] == 6 and results["meta"]["train_images"] == 60
