@@ -84,6 +84,11 @@ class Preset:
     num_samples: int = _setting("samples per method")
     num_steps: int = _setting("Euler–Maruyama steps per sample")
     sample_batch: int = _setting("samples drawn at once")
+    clip_x0: bool = _setting(
+        "clip each model's estimate of the clean image to [-1, 1] when sampling "
+        "(`EpsilonScore(clip_x0=(-1, 1))`, docs/math.md (1.10); for undertrained "
+        "models, whose samples otherwise saturate)"
+    )
     grid_every: int = _setting("training steps between sample grids")
     classifier_steps: int = _setting("classifier training steps")
     fid: bool = _setting(
@@ -98,30 +103,32 @@ class Preset:
 
 
 PRESETS = {
-    # Runs end to end on 2 shared CPU cores; measured in docs/split_cifar10.md.
-    # A smoke test of the pipeline: at this budget the samples are noise.
+    # Runs end to end on 2 CPU cores in about 25 minutes; measured in
+    # docs/split_cifar10.md. Blurry images, not CIFAR-10 quality: a check of the
+    # pipeline and a first look. The tiny models' samples saturate into flat colours
+    # unless their clean-image estimates are clipped (`clip_x0`).
     # FID is off (`--fid` turns it on): Inception-v3 takes 0.6-0.8 s an image on
     # this CPU (docs/fid.md), longer than the rest of the run.
     "cpu": Preset(
-        unet="tiny", train_steps=200, batch_size=32, lr=1e-3, warmup_steps=50,
-        grad_clip=1.0, ema_decay=0.99, horizontal_flip=True, num_samples=128,
-        num_steps=30, sample_batch=128, grid_every=100, classifier_steps=300,
-        fid=False, fid_count=2000, workers=2,
+        unet="tiny", train_steps=1000, batch_size=32, lr=1e-3, warmup_steps=50,
+        grad_clip=1.0, ema_decay=0.99, horizontal_flip=True, num_samples=256,
+        num_steps=30, sample_batch=128, clip_x0=True, grid_every=250,
+        classifier_steps=600, fid=False, fid_count=2000, workers=2,
     ),
     # The paper's network and optimiser with a step budget estimated (not
     # measured) to fit a few hours on one H200; see docs/split_cifar10.md.
     "gpu": Preset(
         unet="paper", train_steps=20_000, batch_size=128, lr=2e-4,
         warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999, horizontal_flip=True,
-        num_samples=5000, num_steps=200, sample_batch=1000, grid_every=5000,
-        classifier_steps=5000, fid=True, fid_count=50_000, workers=1,
+        num_samples=5000, num_steps=200, sample_batch=1000, clip_x0=False,
+        grid_every=5000, classifier_steps=5000, fid=True, fid_count=50_000, workers=1,
     ),
     # Skreta et al.'s configuration (their repository's configs).
     "paper": Preset(
         unet="paper", train_steps=500_000, batch_size=128, lr=2e-4,
         warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999, horizontal_flip=True,
-        num_samples=50_000, num_steps=200, sample_batch=2000, grid_every=25_000,
-        classifier_steps=10_000, fid=True, fid_count=50_000, workers=1,
+        num_samples=50_000, num_steps=200, sample_batch=2000, clip_x0=False,
+        grid_every=25_000, classifier_steps=10_000, fid=True, fid_count=50_000, workers=1,
     ),
 }  # fmt: skip
 
@@ -259,9 +266,10 @@ def train_model(
         )
     )  # fmt: skip
     grid_noise = jax.random.normal(jax.random.key(seed + 7), (16, *SHAPE))
+    clip = (-1.0, 1.0) if preset.clip_x0 else None
 
     def grid(state):
-        score = sd.EpsilonScore(state.ema, sde)
+        score = sd.EpsilonScore(state.ema, sde, clip_x0=clip)
         x = sd.sample(
             score, sde, x_init=grid_noise, key=jax.random.key(1),
             num_steps=preset.num_steps, solver=dfx.Euler(),
@@ -286,7 +294,7 @@ def train_model(
     tqdm.write(
         f"{name}: trained to step {int(state.step)} ({time.perf_counter() - tic:.0f} s)"
     )
-    return sd.EpsilonScore(state.ema, sde)
+    return sd.EpsilonScore(state.ema, sde, clip_x0=clip)
 
 
 class Scorer:

@@ -649,3 +649,12 @@ def test_the_estimator_changes_only_the_reported_log_q(operator):
     gap = lambda out: out.log_q[:, 0] - out.log_q[:, 1]
     np.testing.assert_allclose(gap(ito), gap(kernel), atol=1e-7)
     assert float(jnp.max(jnp.abs(ito.log_q - kernel.log_q))) > 1e-3
+
+
+def test_models_without_arrays_are_evaluated_one_by_one():
+    # Modules around plain functions hold nothing to stack: `score_family` falls
+    # back to a `ScoreTuple`, and stacking them explicitly says why it cannot.
+    models = [sd.EpsilonScore(lambda t, x: x, SDE) for _ in range(2)]
+    assert isinstance(sd.score_family(models), sd.ScoreTuple)
+    with pytest.raises(ValueError, match="hold no arrays"):
+        sd.StackedScores.from_models(models)

@@ -88,6 +88,12 @@ class StackedScores(AbstractScoreFamily):
             raise ValueError("Expected at least one score model; got none.")
         parts = [eqx.partition(m, eqx.is_array) for m in models]
         arrays0, static0 = parts[0]
+        if not jax.tree.leaves(arrays0):
+            raise ValueError(
+                "Cannot stack score models that hold no arrays (plain functions, or "
+                "modules around them): there is nothing to vectorise over. Pass "
+                "them as a `ScoreTuple` (or a plain list) to evaluate them one by one."
+            )
         shapes0 = jax.tree.map(jnp.shape, arrays0)
         for i, (arrays, static) in enumerate(parts[1:], start=1):
             same_tree = jax.tree.structure(arrays) == jax.tree.structure(arrays0)
