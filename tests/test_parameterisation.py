@@ -46,7 +46,7 @@ def test_clipped_score_is_the_score_of_the_clipped_tweedie_estimate(t):
 
 
 def test_clip_x0_stacks_samples_and_keeps_samples_in_range():
-    # Two clipped networks stack into one family, sample under jit, and a model
+    # Two clipped models form one family and sample under jit, and a model
     # whose data lie mostly outside [-1, 1] is held to the box (up to the last
     # step's noise), while the plain one is not.
     nets = [
@@ -67,7 +67,7 @@ def test_clip_x0_stacks_samples_and_keeps_samples_in_range():
 
 
 @pytest.mark.parametrize(
-    "bad", [(1.0, -1.0), (0.0, 0.0), (-np.inf, 1.0), (0.0, np.nan)]
+    "bad", [(1.0, -1.0), (0.0, 0.0), (-np.inf, 1.0), (0.0, np.nan), (1.0,), (0, 1, 2)]
 )
 def test_bad_clip_x0_raises(bad):
     with pytest.raises(ValueError, match=r"`clip_x0` must be `\(low, high\)`"):

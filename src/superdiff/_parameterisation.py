@@ -10,11 +10,8 @@ from jaxtyping import Array, ArrayLike, Float
 from ._sde import AbstractSDE
 
 
-def _range(value) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    low, high = (float(v) for v in value)
-    return low, high
+def _range(value) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
 
 
 class EpsilonScore(eqx.Module):
@@ -39,14 +36,14 @@ class EpsilonScore(eqx.Module):
 
     network: Callable[[Array, Array], Array]
     sde: AbstractSDE
-    clip_x0: tuple[float, float] | None = eqx.field(
+    clip_x0: tuple[float, ...] | None = eqx.field(
         static=True, default=None, converter=_range
     )
 
     def __check_init__(self):
         if self.clip_x0 is not None:
-            low, high = self.clip_x0
-            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            ok = len(self.clip_x0) == 2 and all(map(math.isfinite, self.clip_x0))
+            if not (ok and self.clip_x0[0] < self.clip_x0[1]):
                 raise ValueError(
                     "`clip_x0` must be `(low, high)` with finite low < high; got "
                     f"{self.clip_x0}."
@@ -64,4 +61,5 @@ class EpsilonScore(eqx.Module):
         # the plain score to the last bit wherever x̂₀ is in the range.
         alpha = self.sde.alpha(t)
         x0 = (x - sigma * eps) / alpha
-        return score + alpha * (jnp.clip(x0, *self.clip_x0) - x0) / sigma**2
+        low, high = self.clip_x0
+        return score + alpha * (jnp.clip(x0, low, high) - x0) / sigma**2
