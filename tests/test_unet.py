@@ -170,7 +170,12 @@ def test_dsm_loss_gives_each_example_its_own_dropout_mask(unet):
     sde = sd.VPSDE()
     x0 = _image((8, 8, 2))
     key = jax.random.key(5)  # threefry: its bits do not change under vmap (rbg's do)
-    loss = lambda dropout, k: sd.train.dsm_loss(unet, sde, x0, key=k, dropout=dropout)
+    jitted = _fast_jit(
+        lambda model, x0, k, dropout: sd.train.dsm_loss(
+            model, sde, x0, key=k, dropout=dropout
+        )
+    )
+    loss = lambda dropout, k: jitted(unet, x0, k, dropout)
     assert float(loss(False, key)) == float(loss(False, key))
     assert float(loss(True, key)) == float(loss(True, key))
     assert float(loss(True, key)) != float(loss(False, key))
@@ -179,9 +184,9 @@ def test_dsm_loss_gives_each_example_its_own_dropout_mask(unet):
     keys = jax.random.split(key, 2)
     per_example = [float(loss(True, k)) for k in keys]
     assert per_example[0] != per_example[1]
-    batch = sd.train.batch_dsm_loss(
-        unet, sde, jnp.stack([x0, x0]), key=key, dropout=True
-    )
+    batch = _fast_jit(
+        lambda model, x, k: sd.train.batch_dsm_loss(model, sde, x, key=k, dropout=True)
+    )(unet, jnp.stack([x0, x0]), key)
     np.testing.assert_allclose(float(batch), np.mean(per_example), rtol=1e-5)
 
 
