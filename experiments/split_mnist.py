@@ -76,8 +76,8 @@ class Preset:
 
 
 PRESETS = {
-    # 41 min on 2 CPU cores, two jobs at a time, on a day when a training step
-    # alone took 0.74-0.80 s (0.7-1.8 s by the day); see docs/split_mnist.md.
+    # 41-61 min on 2 CPU cores, two jobs at a time, by the day's pace (a training
+    # step alone has taken 0.7-1.8 s); see docs/split_mnist.md.
     "cpu": Preset(
         unet="small", train_steps=1200, batch_size=64, lr=1e-3, warmup_steps=100,
         num_samples=256, num_steps=100, sample_batch=256, grid_every=200,
@@ -137,10 +137,13 @@ def draw(
     )
     for start in bar:
         key, sub = jax.random.split(key)
+        # Every method on the same steps, uniform in t: `sample` would otherwise
+        # put the steps of the density-tracking operators (OR, AND) uniform in the
+        # log-SNR, and the table would compare two discretisations.
         out = sd.sample(
             models, sde, operator, key=sub, shape=(28, 28, 1),
             num_samples=min(preset.sample_batch, num - start),
-            num_steps=preset.num_steps, solver=dfx.Euler(),
+            num_steps=preset.num_steps, solver=dfx.Euler(), spacing="t",
         )  # fmt: skip
         xs.append(np.asarray(out.x))
         if out.log_q is not None:
