@@ -67,7 +67,8 @@ def test_clip_x0_stacks_samples_and_keeps_samples_in_range():
 
 
 @pytest.mark.parametrize(
-    "bad", [(1.0, -1.0), (0.0, 0.0), (-np.inf, 1.0), (0.0, np.nan), (1.0,), (0, 1, 2)]
+    "bad",
+    [(1.0, -1.0), (0.0, 0.0), (-np.inf, 1.0), (0.0, np.nan), (1.0,), (0, 1, 2), 1.0],
 )
 def test_bad_clip_x0_raises(bad):
     with pytest.raises(ValueError, match=r"`clip_x0` must be `\(low, high\)`"):

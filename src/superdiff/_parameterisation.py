@@ -5,13 +5,15 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._sde import AbstractSDE
 
 
 def _range(value) -> tuple[float, ...] | None:
-    return None if value is None else tuple(float(v) for v in value)
+    # A lone number becomes a 1-tuple, so that `__check_init__` names what arrived.
+    return None if value is None else tuple(float(v) for v in np.atleast_1d(value))
 
 
 class EpsilonScore(eqx.Module):
