@@ -85,11 +85,11 @@ def test_density_quantile_adds_its_constant_per_log_snr(q):
     change = _log_prob(model, SDE.t_min, out.x) - _log_prob(model, SDE.t_max, x1)
     expected = _pf_change(dim) + _quantile_change(dim, q)
     np.testing.assert_allclose(change, expected, atol=0.01)
-    # Fixed steps uniform in log-SNR (the default spacing): 200 Heun steps measured
-    # 0.007 nats off; uniform in t they are 1.25 nats off.
+    # Fixed steps uniform in log-SNR: 200 Heun steps measured 0.007 nats off;
+    # uniform in t (every sampler's default) they are 1.25 nats off.
     fixed = sd.sample_density_guided(
         model.score, SDE, sd.DensityQuantile(q), x_init=x1, solver=dfx.Heun(),
-        num_steps=200,
+        num_steps=200, spacing="log_snr",
     )  # fmt: skip
     change = _log_prob(model, SDE.t_min, fixed.x) - _log_prob(model, SDE.t_max, x1)
     np.testing.assert_allclose(change, expected, atol=0.03)
@@ -142,8 +142,8 @@ def _stochastic_errors(num_steps, dim=8, q=0.4, noise=0.5, num=64, seed=3):
     lq1 = _log_prob(model, SDE.t_max, x1)
     out = sd.sample_density_guided(
         model.score, SDE, sd.DensityQuantile(q), x_init=x1, noise=noise,
-        num_steps=num_steps, key=jax.random.key(seed), track_density=True,
-        log_q_init=lq1,
+        num_steps=num_steps, spacing="log_snr", key=jax.random.key(seed),
+        track_density=True, log_q_init=lq1,
     )  # fmt: skip
     assert out.log_q is not None
     expected = _pf_change(dim) + _quantile_change(dim, q)
@@ -231,7 +231,7 @@ def test_prior_guidance_gives_the_quantile_norm():
     for q in (0.1, 0.5, 0.9):
         scaled = sd.prior_guidance(SDE, noise, q)
         norms = jnp.linalg.norm(scaled, axis=1)
-        target = float(SDE.prior_std()) * scipy.stats.chi.ppf(q, dim)
+        target = float(SDE.sigma(SDE.t_max)) * scipy.stats.chi.ppf(q, dim)
         np.testing.assert_allclose(norms, target, rtol=1e-10)
         # Directions are kept.
         np.testing.assert_allclose(

@@ -255,7 +255,7 @@ def test_check_accepts_right_model_counts(op, num_models):
 
 
 def test_and_noise_directions_span_the_score_differences():
-    from superdiff._operators import and_noise_directions
+    from superdiff._operator.and_ import and_noise_directions
 
     scores = jax.random.normal(jax.random.key(5), (3, 6))
     rows = and_noise_directions(scores)

@@ -102,11 +102,14 @@ def test_prior(sde):
     std = float(sde.sigma(sde.t_max))
     expected = scipy.stats.norm.logpdf(np.asarray(x), loc=0.0, scale=std).sum()
     np.testing.assert_allclose(sde.prior_log_prob(x), expected, rtol=1e-12)
-    np.testing.assert_allclose(sde.prior_std(), std, rtol=1e-12)
     n = 4000
     samples = sde.prior_sample((n, 2), key=jax.random.key(1))
     assert samples.shape == (n, 2)
     np.testing.assert_allclose(samples.std(0), std, rtol=4 / math.sqrt(2 * n))
+    # Below the schedule's t_max: the starting noise of a shorter solve.
+    half = float(sde.sigma(0.5))
+    lower = scipy.stats.norm.logpdf(np.asarray(x), loc=0.0, scale=half).sum()
+    np.testing.assert_allclose(sde.prior_log_prob(x, 0.5), lower, rtol=1e-12)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)

@@ -157,7 +157,8 @@ for name, args in (("single", (fit1.model, sde)), ("or", (nets, sde, sd.Or()))):
         result[f"sample_{name}_logq_shards"] = shards(split.log_q)
 # The solve's loop itself runs split: in the compiled program its state holds 4 of
 # the 16 samples per device (not all 16, as when a run-time check gathers them).
-from superdiff.train._sharding import _sample_constrained, batch_sharding
+from superdiff._sampler.sharded import _sample_constrained
+from superdiff._sharding import batch_sharding
 
 for name, args in (("single", (fit1.model, sde)), ("or", (nets, sde, sd.Or()))):
     x = sd.train.sharded_noise(sde, 16, (2,), key=key, mesh=mesh)

@@ -40,7 +40,7 @@ def _log_prob(x):
 def _guided(key):
     return sd.sample_density_guided(
         LEFT.score, SDE, sd.DensityQuantile(0.6), key=key, num_samples=8,
-        shape=(2,), num_steps=10, track_density=True,
+        shape=(2,), num_steps=10, spacing="log_snr", track_density=True,
     )  # fmt: skip
 
 

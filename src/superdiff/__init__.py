@@ -11,33 +11,13 @@ from . import (
     nn as nn,
     train as train,
 )
-from ._alignment import (
-    AlignmentState as AlignmentState,
-    ScoreAlignmentFlow as ScoreAlignmentFlow,
-    score_alignment as score_alignment,
-)
 from ._density import (
-    bits_per_dim as bits_per_dim,
-    bits_per_dim_offset as bits_per_dim_offset,
-    dequantize as dequantize,
-    log_prob_ode as log_prob_ode,
-    sample_ode_with_density as sample_ode_with_density,
-)
-from ._divergence import (
+    AbstractDensityEstimator as AbstractDensityEstimator,
     AbstractDivergence as AbstractDivergence,
     ExactDivergence as ExactDivergence,
     Hutchinson as Hutchinson,
-)
-from ._estimators import (
-    AbstractDensityEstimator as AbstractDensityEstimator,
     ItoEstimator as ItoEstimator,
     KernelRatioEstimator as KernelRatioEstimator,
-)
-from ._family import (
-    AbstractScoreFamily as AbstractScoreFamily,
-    ScoreTuple as ScoreTuple,
-    StackedScores as StackedScores,
-    score_family as score_family,
 )
 from ._guidance import (
     AbstractGuidance as AbstractGuidance,
@@ -46,15 +26,15 @@ from ._guidance import (
     ScoreScale as ScoreScale,
     SwitchedScoreScale as SwitchedScoreScale,
 )
-from ._guided import (
-    GuidedOptions as GuidedOptions,
-    prior_guidance as prior_guidance,
-    sample_density_guided as sample_density_guided,
-    sample_high_density as sample_high_density,
-    sample_prior_guided as sample_prior_guided,
+from ._model import (
+    AbstractScoreFamily as AbstractScoreFamily,
+    EpsilonScore as EpsilonScore,
+    GaussianMixture as GaussianMixture,
+    ScoreTuple as ScoreTuple,
+    StackedScores as StackedScores,
+    score_family as score_family,
 )
-from ._mixture import GaussianMixture as GaussianMixture
-from ._operators import (
+from ._operator import (
     AbstractOperator as AbstractOperator,
     And as And,
     Average as Average,
@@ -65,9 +45,24 @@ from ._operators import (
     and_weights as and_weights,
     and_weights_two as and_weights_two,
 )
-from ._parameterisation import EpsilonScore as EpsilonScore
-from ._samplers import sample as sample, sample_ode as sample_ode
-from ._sde import (
+from ._sampler import (
+    GuidedOptions as GuidedOptions,
+    bits_per_dim as bits_per_dim,
+    bits_per_dim_offset as bits_per_dim_offset,
+    dequantize as dequantize,
+    log_prob_ode as log_prob_ode,
+    prior_guidance as prior_guidance,
+    sample as sample,
+    sample_density_guided as sample_density_guided,
+    sample_high_density as sample_high_density,
+    sample_ode as sample_ode,
+    sample_ode_with_density as sample_ode_with_density,
+    sample_prior_guided as sample_prior_guided,
+    sample_sharded as sample_sharded,
+    score_alignment as score_alignment,
+    sharded_noise as sharded_noise,
+)
+from ._schedule import (
     VESDE as VESDE,
     VPSDE as VPSDE,
     AbstractSDE as AbstractSDE,
@@ -79,11 +74,13 @@ from ._solve import (
     SolveOptions as SolveOptions,
     time_grid as time_grid,
 )
-from ._terms import (
+from ._term import (
+    AlignmentState as AlignmentState,
     FlowState as FlowState,
     ProbabilityFlow as ProbabilityFlow,
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
+    ScoreAlignmentFlow as ScoreAlignmentFlow,
     StochasticGuidanceTerm as StochasticGuidanceTerm,
     SuperpositionState as SuperpositionState,
     SuperpositionTerm as SuperpositionTerm,

@@ -34,39 +34,41 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._sde import AbstractSDE
-from ._util import inner
+from ._schedule import AbstractSDE
+from ._util import ensure, inner, positive
 
 
-def _as_array(value) -> Array:
-    """`jnp.asarray(value)`, concrete for a Python number even under `jax.jit` (so
-    that it can be checked, and a switch time placed on the step grid), traced for
-    a traced value (so that a sweep over it compiles once)."""
-    with jax.ensure_compile_time_eval():
-        return jnp.asarray(value)
+def _scalar(value, name: str) -> Array:
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar; got shape {np.shape(value)}.")
+    return jnp.asarray(value)
 
 
-def _is_concrete(x: Array) -> bool:
-    try:
-        float(x)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return False
-    return True
+def quantile(value, name: str = "q") -> Array:
+    """A quantile in the open interval (0, 1), checked now where known and at run
+    time where traced (so that a sweep over it compiles once)."""
+    return ensure(
+        _scalar(value, name),
+        lambda q: (q > 0) & (q < 1),
+        f"`{name}` must be a quantile in the open interval (0, 1); got {{got}}.",
+    )
 
 
-def _check_min_norm(value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"`min_norm` must be positive; got {value}.")
+def _min_norm(value) -> Array:
+    return ensure(
+        _scalar(value, "min_norm"), positive, "`min_norm` must be positive; got {got}."
+    )
 
 
-def check_quantile(q: float, name: str = "q") -> float:
-    if not (isinstance(q, int | float) and 0.0 < q < 1.0):
-        raise ValueError(
-            f"`{name}` must be a quantile in the open interval (0, 1); got {q!r}."
-        )
-    return float(q)
+def _finite(name: str):
+    def convert(value) -> Array:
+        message = f"`{name}` must be a finite number; got {{got}}."
+        return ensure(_scalar(value, name), jnp.isfinite, message)
+
+    return convert
 
 
 # ------------------------------------------------------------- guidance rules
@@ -93,13 +95,14 @@ class AbstractGuidance(eqx.Module):
         """$\\eta_t(x)$ for one example, given its score and (if needed) the
         Laplacian of $\\log q_t$ there."""
 
-    def switch_time(self) -> float | None:
+    def switch_time(self) -> Float[Array, ""] | None:
         """A time $t$ at which $\\eta$ jumps, which the sampler makes a step
-        boundary; `None` (the default) for rules that change smoothly."""
+        boundary (it may be traced); `None` (the default) for rules that change
+        smoothly."""
         return None
 
 
-def sigma_score_norm2(sde, t, score, floor: float) -> Array:
+def sigma_score_norm2(sde, t, score, floor: Float[ArrayLike, ""]) -> Array:
     """$\\lVert\\sigma_t s\\rVert^2$, floored at `floor`·d: the guidance divides by it
     and it vanishes at modes and saddles of $q_t$, where the correction is undefined.
     The floor keeps the drift finite there; the achieved rate then falls short."""
@@ -114,7 +117,7 @@ class ScoreScale(AbstractGuidance):
     $\\tfrac12(\\eta - 1)\\lVert\\sigma s\\rVert^2$ per unit $\\lambda$ over the
     PF-ODE's own rate."""
 
-    eta: Float[Array, ""] = eqx.field(converter=_as_array)
+    eta: Float[Array, ""] = eqx.field(converter=_finite("eta"))
 
     def scale(self, t, x, score, laplacian, sde):
         return self.eta.astype(score.dtype)
@@ -147,16 +150,9 @@ class DensityQuantile(AbstractGuidance):
     - `min_norm`: floor on $\\lVert\\sigma s\\rVert^2/d$ (see `sigma_score_norm2`).
     """
 
-    # An array, not a static float, so that a sweep over q compiles once.
-    q: Float[Array, ""] = eqx.field(converter=_as_array)
-    min_norm: float = 1e-6
-
-    def __check_init__(self):
-        if self.q.shape != ():
-            raise ValueError(f"`q` must be a scalar; got shape {self.q.shape}.")
-        if _is_concrete(self.q):  # (not when rebuilt under a transformation)
-            check_quantile(float(self.q))
-        _check_min_norm(self.min_norm)
+    # Arrays, not static floats, so that a sweep over q compiles once.
+    q: Float[Array, ""] = eqx.field(converter=quantile)
+    min_norm: Float[Array, ""] = eqx.field(default=1e-6, converter=_min_norm)
 
     def scale(self, t, x, score, laplacian, sde):
         quantile = jax.scipy.special.ndtri(self.q.astype(score.dtype))
@@ -184,11 +180,10 @@ class DensityRate(AbstractGuidance):
     """
 
     rate: Callable[[Array, Array], ArrayLike]
-    min_norm: float = 1e-6
+    min_norm: Float[Array, ""] = eqx.field(default=1e-6, converter=_min_norm)
     needs_laplacian: ClassVar[bool] = True
 
     def __check_init__(self):
-        _check_min_norm(self.min_norm)
         if not callable(self.rate):
             raise TypeError(
                 f"`rate` must be a callable `(t, x) -> scalar`; got {type(self.rate).__name__}."
@@ -208,10 +203,10 @@ class SwitchedScoreScale(AbstractGuidance):
     """$\\eta = 1$ (PF-ODE) before the switch time, 2 (HD-ODE) after it. An array,
     so that a sweep over switch times compiles once."""
 
-    t_switch: Float[Array, ""] = eqx.field(converter=_as_array)
+    t_switch: Float[Array, ""] = eqx.field(converter=_finite("t_switch"))
 
     def scale(self, t, x, score, laplacian, sde):
         return jnp.where(t <= self.t_switch, 2.0, 1.0).astype(score.dtype)
 
     def switch_time(self):
-        return float(self.t_switch) if _is_concrete(self.t_switch) else None
+        return self.t_switch

@@ -2,6 +2,7 @@
 the entry point), progress bars that suit a terminal or a log, sample grids, and a job scheduler
 that runs trainings and samplings side by side, with a timer for its jobs."""
 
+from .._progress import progress_bar as progress_bar
 from ._cli import (
     ExperimentParser as ExperimentParser,
     UsageError as UsageError,
@@ -20,4 +21,3 @@ from ._figures import (
     tile as tile,
 )
 from ._jobs import Job as Job, run_jobs as run_jobs, timed as timed
-from ._progress import progress_bar as progress_bar

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..data import DataNotFoundError, load_images
+from ..train import CheckpointError
 
 
 class UsageError(Exception):
@@ -351,7 +352,6 @@ def run(
     except TypeError:
         file = None
     prog = Path(file or sys.argv[0]).name
-    from ..train import CheckpointError  # here: superdiff.train imports this module
 
     try:
         main(argv)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._sde import AbstractSDE
+from .._schedule import AbstractSDE
 from ..nn._classifier import Classifier
 
 

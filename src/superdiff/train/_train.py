@@ -15,8 +15,16 @@ import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .._sde import AbstractSDE
-from ..experiment import progress_bar
+from .._progress import progress_bar
+from .._schedule import AbstractSDE
+from .._sharding import (
+    batch_sharding,
+    check_batch_size,
+    constrain,
+    replicate,
+    replicated,
+    shard_batch,
+)
 from ._checkpoint import (
     CheckpointError,
     CheckpointWriter,
@@ -26,14 +34,6 @@ from ._checkpoint import (
     remove_stale_temporaries,
 )
 from ._loss import batch_dsm_loss
-from ._sharding import (
-    batch_sharding,
-    check_batch_size,
-    constrain,
-    replicate,
-    replicated,
-    shard_batch,
-)
 
 
 class TrainState(eqx.Module):

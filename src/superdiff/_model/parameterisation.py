@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._sde import AbstractSDE
+from .._schedule import AbstractSDE
 
 
 def _range(value) -> tuple[float, ...] | None:

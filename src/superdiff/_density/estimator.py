@@ -2,13 +2,14 @@
 reverse step (Skreta et al. 2025, Theorem 1 and App. D; `docs/math.md` §3)."""
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._util import inner
+from .._util import inner, require_declared
 
 
 class AbstractDensityEstimator(eqx.Module):
@@ -21,7 +22,30 @@ class AbstractDensityEstimator(eqx.Module):
     s(y))` once the next score is known (and the sampler, after the last step).
     A carry of zeros (every leaf) must give a zero correction: the first step
     starts from one.
+
+    Every concrete estimator declares `ito_increment: ClassVar[bool]`: whether its
+    increment is Itô's formula on the realised step, the form that AND's curvature
+    correction corrects. Whether it defers a correction to the next step
+    (`defers_correction`) follows from `carry`.
     """
+
+    ito_increment: eqx.AbstractClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        require_declared(
+            cls,
+            "ito_increment",
+            "True if its increment is Itô's formula on the realised step (as "
+            "`ItoEstimator`'s), False otherwise.",
+        )
+
+    @property
+    def defers_correction(self) -> bool:
+        """Whether a step's increment is completed only at the next step (`carry`
+        is not `None`): then AND cannot equalise the increments within a step."""
+        x = jnp.zeros((1,))
+        return jax.eval_shape(lambda: self.carry(x, x, x, 0.0, 1.0, 0.0)) is not None
 
     @abc.abstractmethod
     def increment(
@@ -65,6 +89,8 @@ class ItoEstimator(AbstractDensityEstimator):
     No divergence, no extra network call: only the score the sampler already has.
     """
 
+    ito_increment: ClassVar[bool] = True
+
     def increment(self, x, dx, score, f, g2, dtau):
         return jnp.asarray(
             x.size * f * dtau
@@ -105,6 +131,7 @@ class KernelRatioEstimator(AbstractDensityEstimator):
     """
 
     curvature_correction: bool = eqx.field(static=True, default=True)
+    ito_increment: ClassVar[bool] = False
 
     def increment(self, x, dx, score, f, g2, dtau):
         y = x + dx

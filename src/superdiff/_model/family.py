@@ -44,6 +44,12 @@ class AbstractScoreFamily(eqx.Module):
         """The scores of all M models at a batch of examples."""
         return jax.vmap(lambda xi: self(t, xi))(x)
 
+    def check(self, t: Float[ArrayLike, ""], example: Float[Array, "*d"]) -> None:
+        """Check, by shape evaluation only (no computation), that the models map
+        one example to floating-point scores of its shape: `(M, *d)` for the
+        family. A family whose members can be told apart refines the message."""
+        _check_output(self, "the stacked score models", t, example, self.num_models)
+
 
 class ScoreTuple(AbstractScoreFamily):
     """Any callables `(t, x) -> score`, evaluated one after another."""
@@ -68,7 +74,11 @@ class ScoreTuple(AbstractScoreFamily):
         return self.scores[i]
 
     def __call__(self, t, x):
-        return jnp.stack([score(t, x) for score in self.scores])
+        return jnp.stack([_as_input_dtype(score(t, x), x) for score in self.scores])
+
+    def check(self, t, example):
+        for i, score in enumerate(self.scores):
+            _check_output(score, f"score model {i}", t, example, None)
 
 
 class StackedScores(AbstractScoreFamily):
@@ -125,9 +135,10 @@ class StackedScores(AbstractScoreFamily):
         return eqx.combine(self._arrays(i), self.static)
 
     def __call__(self, t, x):
-        return jax.vmap(lambda arrays: eqx.combine(arrays, self.static)(t, x))(
+        scores = jax.vmap(lambda arrays: eqx.combine(arrays, self.static)(t, x))(
             self.stacked
         )
+        return _as_input_dtype(scores, x)
 
     def batched(self, t, x):
         def one_model(arrays):
@@ -140,10 +151,10 @@ class StackedScores(AbstractScoreFamily):
             # benchmarks/sampling.py), so on CPU the members run one after another,
             # sliced from the same stacked arrays.
             outs = [one_model(self._arrays(i)) for i in range(self.size)]
-            return jnp.stack(outs, axis=1)
+            return _as_input_dtype(jnp.stack(outs, axis=1), x)
         # On accelerators: one vectorised call, the model axis outermost so each
         # layer is one batched matrix product over models.
-        return jnp.moveaxis(jax.vmap(one_model)(self.stacked), 0, 1)
+        return _as_input_dtype(jnp.moveaxis(jax.vmap(one_model)(self.stacked), 0, 1), x)
 
 
 def batched(score: ScoreFn, t: Float[ArrayLike, ""], x: Float[Array, "n *d"]) -> Array:
@@ -193,28 +204,34 @@ def score_family(
     return ScoreTuple(models)
 
 
-def check_family(
-    family: AbstractScoreFamily, t: float, example: Float[Array, "*d"]
+def _as_input_dtype(scores: Array, x: Array) -> Array:
+    """Scores in the dtype of the point they were evaluated at: the one dtype of a
+    sampler's state (a float32 network under `jax_enable_x64`, or a bfloat16 one,
+    feeds a float64 or float32 state and its tracked log-densities without mixing
+    precisions). A no-op when the dtypes agree."""
+    return scores.astype(x.dtype) if scores.dtype != x.dtype else scores
+
+
+def _check_output(
+    fn: Callable, which: str, t: Float[ArrayLike, ""], example: Array, num: int | None
 ) -> None:
-    """Check, by shape evaluation only (no computation), that every member maps one
-    example to a score of the same shape."""
-    members = (
-        list(enumerate(family.scores))
-        if isinstance(family, ScoreTuple)
-        else [("s", family)]
-    )
-    for i, fn in members:
-        which = f"score model {i}" if i != "s" else "the stacked score models"
-        try:
-            out = jax.eval_shape(fn, jnp.asarray(t), example)
-        except Exception as err:
-            raise ValueError(
-                f"Evaluating {which} on one example of shape {tuple(example.shape)} "
-                f"failed: {err}"
-            ) from err
-        expected = example.shape if i != "s" else (family.num_models, *example.shape)
-        if out.shape != expected:
-            raise ValueError(
-                f"Expected {which} to return scores of shape {tuple(expected)} for one "
-                f"example of shape {tuple(example.shape)}; got {tuple(out.shape)}."
-            )
+    try:
+        out = jax.eval_shape(fn, jnp.asarray(t), example)
+    except Exception as err:
+        raise ValueError(
+            f"Evaluating {which} on one example of shape {tuple(example.shape)} "
+            f"failed: {err}"
+        ) from err
+    expected = example.shape if num is None else (num, *example.shape)
+    if not hasattr(out, "shape") or out.shape != expected:
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(
+            f"Expected {which} to return scores of shape {tuple(expected)} for one "
+            f"example of shape {tuple(example.shape)}; got {got}."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"Expected {which} to return floating-point scores; got dtype "
+            f"{out.dtype}. A score is a gradient of a log-density: return floats "
+            "(the sampler casts them to the state's dtype)."
+        )

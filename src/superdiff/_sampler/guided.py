@@ -12,27 +12,24 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import scipy.stats
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float
 
-from ._divergence import AbstractDivergence, ExactDivergence, Hutchinson
-from ._family import ScoreFn, check_family, score_family
-from ._guidance import AbstractGuidance, SwitchedScoreScale, check_quantile
-from ._samplers import sample_ode
-from ._sde import AbstractSDE
-from ._solve import (
+from .._density import AbstractDivergence, ExactDivergence, Hutchinson
+from .._guidance import AbstractGuidance, SwitchedScoreScale, quantile
+from .._model import ScoreFn, score_family
+from .._schedule import AbstractSDE
+from .._solve import (
     RESULTS,
     Samples,
     SolveOptions,
-    check_key,
     check_options,
     fixed_probes,
     initial_log_q,
-    initial_noise,
     integrate,
-    ode_setup,
+    setup,
 )
-from ._terms import FlowState, ProbabilityFlow, StochasticGuidanceTerm
+from .._term import FlowState, ProbabilityFlow, StochasticGuidanceTerm
+from .._util import describe, ensure
 
 
 class _Constant(eqx.Module):
@@ -56,19 +53,17 @@ def _noise_fn(noise) -> Callable[[Any], Any] | None:
 
 
 class GuidedOptions(SolveOptions, total=False):
-    """The keywords of the guided samplers: the `SolveOptions`, and what
-    `sample_density_guided` documents (`key`, `num_samples`, `shape`, `x_init`,
-    `noise`, `laplacian`, `track_density`, `log_q_init`, `spacing`)."""
+    """The keywords of the guided samplers: the `SolveOptions` every sampler takes,
+    and what `sample_density_guided` documents (`noise`, `laplacian`,
+    `track_density`, `log_q_init`)."""
 
-    key: PRNGKeyArray | None
-    num_samples: int | None
-    shape: tuple[int, ...] | None
-    x_init: Float[Array, "n *d"] | None
     noise: float | Callable[[Any], Any]
     laplacian: AbstractDivergence | None
     track_density: bool
     log_q_init: Float[Array, "n 1"] | None
-    spacing: str | None
+
+
+_GUIDED = ("noise", "laplacian", "track_density", "log_q_init")
 
 
 def sample_density_guided(
@@ -101,15 +96,13 @@ def sample_density_guided(
     - `track_density`: also return $\\log q_{t_{min}}$ of the samples, integrated
         along the path from `log_q_init`, `(n, 1)` (by default the starting noise's
         own log-density).
-    - the `SolveOptions` (`solver`, `num_steps`, `stepsize_controller`, `t_min`,
-        `t_max`, `max_steps`, `throw`) as `sample_ode` (deterministic: `Tsit5` with
-        a `PIDController` unless `num_steps` is given).
-    - `spacing`: where fixed steps go: `"log_snr"` (the default with `num_steps`:
-        uniform in log-SNR, as Karczewski et al. step) or `"t"` (uniform in $t$).
-        Uniform steps in $t$ are far too coarse near the data end, where $\\lambda$
-        moves fastest: on a 32-dimensional Gaussian, 200 Heun steps missed the
-        requested log-density change by 1.25 nats uniform in $t$ and by 0.007
-        uniform in $\\lambda$.
+    - the `SolveOptions` every sampler shares, as `sample_ode` (deterministic:
+        `Tsit5` with a `PIDController` unless `num_steps` is given). With fixed
+        steps, ask for `spacing="log_snr"` (uniform in log-SNR, as Karczewski et
+        al. step): uniform steps in $t$, every sampler's default, are far too
+        coarse near the data end, where $\\lambda$ moves fastest: on a
+        32-dimensional Gaussian, 200 Heun steps missed the requested log-density
+        change by 1.25 nats uniform in $t$ and by 0.007 uniform in $\\lambda$.
 
     `key` is needed where randomness is drawn: the starting noise without `x_init`,
     Hutchinson probes, and the noise of stochastic guidance.
@@ -123,12 +116,11 @@ def sample_density_guided(
             f"{type(guidance).__name__}."
         )
     check_options(options, GuidedOptions)
-    solve = dict(options)
     phi = _noise_fn(options.get("noise", 0.0))
-    key = options.get("key")
     laplacian = options.get("laplacian")
     track_density = options.get("track_density", False)
     log_q_init = options.get("log_q_init")
+    solve = {k: v for k, v in options.items() if k not in _GUIDED}
     if phi is not None:
         solver = options.get("solver")
         if solver is not None and not isinstance(solver, dfx.Euler):
@@ -145,27 +137,12 @@ def sample_density_guided(
                 "Stochastic density guidance takes fixed steps: give `num_steps` "
                 "(and `spacing`), not `stepsize_controller`."
             )
-        key = check_key(key, "Stochastic guidance (`noise` > 0) draws noise")
         laplacian = Hutchinson(1) if laplacian is None else laplacian
-        solve["solver"] = dfx.Euler()
-    setup = ode_setup(
-        sde,
-        solve,
-        spacing=options.get("spacing"),
-        default_spacing="log_snr",
-        t_switch=guidance.switch_time(),
-    )
-    x = initial_noise(
-        sde,
-        setup.t_max,
-        key=key,
-        num_samples=options.get("num_samples"),
-        shape=options.get("shape"),
-        x_init=options.get("x_init"),
-    )
-    if key is not None:  # its first half drew x
-        _, key = jax.random.split(check_key(key, "Guided sampling"))
-    check_family(score_family(score), setup.t_max, x[0])
+    start = setup(
+        sde, solve, models=score_family(score), ode=phi is None,
+        default_solver=dfx.Tsit5() if phi is None else dfx.Euler(),
+        switch=guidance.switch_time(),
+    )  # fmt: skip
     if phi is not None or track_density or guidance.needs_laplacian:
         laplacian = ExactDivergence() if laplacian is None else laplacian
     elif laplacian is not None:
@@ -175,34 +152,35 @@ def sample_density_guided(
         )
     if log_q_init is not None and not track_density:
         raise ValueError("`log_q_init` only applies with `track_density=True`.")
-    log_q = None
+    x, log_q = start.x, None
     if phi is not None or track_density:
         if log_q_init is not None and jnp.ndim(log_q_init) == 1:
             log_q_init = jnp.asarray(log_q_init)[:, None]
-        log_q = initial_log_q(sde, setup.t_max, x, log_q_init, 1)[:, 0]
+        log_q = initial_log_q(sde, start.t_max, x, log_q_init, 1)[:, 0]
     if phi is not None:
-        assert key is not None and laplacian is not None
-        term = _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup)
+        assert laplacian is not None
+        key = start.need_key("Stochastic guidance (`noise` > 0) draws noise")
+        term = _stochastic_term(score, sde, guidance, laplacian, phi, x, key, start)
         y0, adjoint, out_of_steps = FlowState(x, log_q), dfx.ForwardMode(), None
     else:
-        probes = fixed_probes(laplacian, x.shape, key)
-        flow = ProbabilityFlow(sde, score, setup.t_max, guidance, laplacian)
+        probes = fixed_probes(laplacian, x.shape, start)
+        flow = ProbabilityFlow(sde, score, start.t_max, guidance, laplacian)
         term, y0 = dfx.ODETerm(flow), FlowState(x, log_q, probes)
         adjoint, out_of_steps = None, RESULTS.guidance_out_of_reach
     y1, result = integrate(
         term,
-        setup.solver,
+        start.solver,
         y0,
-        setup.steps,
+        start.steps,
         adjoint=adjoint,
-        throw=setup.throw,
+        throw=start.throw,
         out_of_steps=out_of_steps,
     )
     log_q = y1.log_q[:, None] if track_density else None
     return Samples(y1.x, log_q, result=result)
 
 
-def _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup):
+def _stochastic_term(score, sde, guidance, laplacian, phi, x, key, start):
     """`StochasticGuidanceTerm` with its Brownian paths: one for the noise, one for
     the Laplacian's probes when it draws any."""
     x_key, probe_key = jax.random.split(key)
@@ -213,7 +191,7 @@ def _stochastic_term(score, sde, guidance, laplacian, phi, x, key, setup):
     return StochasticGuidanceTerm(
         sde,
         score,
-        setup.t_max,
+        start.t_max,
         guidance,
         laplacian,
         phi,
@@ -227,8 +205,8 @@ def sample_high_density(
     score: ScoreFn,
     sde: AbstractSDE,
     *,
-    t_switch: float | None = None,
-    log_snr_switch: float | None = None,
+    t_switch: Float[ArrayLike, ""] | None = None,
+    log_snr_switch: Float[ArrayLike, ""] | None = None,
     **options: Unpack[GuidedOptions],
 ) -> Samples:
     """High-density sampling (Karczewski et al. 2025a, §4; `docs/math.md` §6.2): the
@@ -239,36 +217,58 @@ def sample_high_density(
     `log_snr_switch`; the earlier (noisier) the switch, the longer the HD-ODE climbs
     and the higher $\\log q_0$ of the samples (it converges to modes of $q_t$ as it
     goes). One solve, with the score scale switching from 1 to 2 at the switch,
-    which is made a step boundary: added to the fixed-step grid (so the two stages
-    together take `num_steps` or `num_steps + 1` steps), or a jump time of the
-    adaptive controller (`diffrax.ClipStepSizeController`). Other arguments
-    (`GuidedOptions`) as `sample_density_guided`.
+    which is made a step boundary: the fixed-step grid's nearest interior boundary
+    moves onto it (the two stages together take `num_steps` steps), or it is a jump
+    time of the adaptive controller (`diffrax.ClipStepSizeController`). The switch
+    may be traced: a sweep over it under `jax.jit` or `jax.vmap` compiles once.
+    Other arguments (`GuidedOptions`) as `sample_density_guided`.
     """
     t_min, t_max = sde.time_range(options.get("t_min"), options.get("t_max"))
     if (t_switch is None) == (log_snr_switch is None):
         raise ValueError("Give exactly one of `t_switch` and `log_snr_switch`.")
     if log_snr_switch is not None:
-        with jax.ensure_compile_time_eval():  # configuration, even under jax.jit
-            t_switch = float(sde.time_at_log_snr(float(log_snr_switch)))
+        t_switch = sde.time_at_log_snr(jnp.asarray(log_snr_switch))
     assert t_switch is not None
-    if not t_min <= t_switch <= t_max:
-        raise ValueError(
-            f"The switch must lie in [t_min, t_max] = [{t_min}, {t_max}]; got "
-            f"t_switch={t_switch}."
-        )
+    switch = ensure(
+        t_switch,
+        lambda s: (t_min <= s) & (s <= t_max),
+        f"The switch must lie in [t_min, t_max] = [{describe(t_min)}, "
+        f"{describe(t_max)}]; got t_switch={{got}}.",
+    )
     if options.get("noise", 0.0):
         raise ValueError("High-density sampling is deterministic: give no `noise`.")
-    return sample_density_guided(score, sde, SwitchedScoreScale(t_switch), **options)
+    return sample_density_guided(score, sde, SwitchedScoreScale(switch), **options)
 
 
 # ------------------------------------------------------------ prior guidance
 
 
+def chi_quantile(q: Float[ArrayLike, ""], dim: int) -> Float[Array, ""]:
+    """The $q$-quantile of the $\\chi_d$ distribution (the norm of a standard
+    normal vector in $d$ dimensions), traceable in $q$: bisection of the regularised
+    incomplete gamma function $P(d/2, r^2/2) = q$ over $r^2 \\in [0, u]$, with $u$
+    above the quantile by Laurent & Massart's (2000) tail bound $\\chi^2_d \\le d +
+    2\\sqrt{dL} + 2L$ with probability $1 - e^{-L}$."""
+    q = jnp.asarray(q, dtype=float)
+    tail = -jnp.log1p(-q)
+    hi = dim + 2 * jnp.sqrt(dim * tail) + 2 * tail + 1.0
+    lo = jnp.zeros_like(hi)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = jax.scipy.special.gammainc(0.5 * dim, 0.5 * mid) < q
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 80, halve, (lo, hi))
+    return jnp.sqrt(0.5 * (lo + hi))
+
+
 def prior_guidance(
     sde: AbstractSDE,
     x_init: Float[Array, "n *d"],
-    q: float,
-    t_max: float | None = None,
+    q: Float[ArrayLike, ""],
+    t_max: Float[ArrayLike, ""] | None = None,
 ) -> Float[Array, "n *d"]:
     """Rescale each starting noise to the norm $\\sigma_{t_{max}}\\,\\chi_d^{-1}(q)$,
     the $q$-quantile of the prior's norm, keeping its direction (Karczewski et al.
@@ -276,17 +276,15 @@ def prior_guidance(
 
     Under score alignment (`score_alignment` > 0), a smaller norm (q < 0.5) means a
     higher prior density and so a higher $\\log q_0$ after the PF-ODE. A zero row
-    stays zero.
+    stays zero. `q` and `t_max` may be traced.
     """
-    q = check_quantile(q)
+    q = quantile(q)
     x = jnp.asarray(x_init)
     if x.ndim < 2:
         raise ValueError(f"`x_init` must be a batch of shape (n, *d); got {x.shape}.")
-    t_max = sde.t_max if t_max is None else float(t_max)
-    sde.check_time(t_max, "t_max")
+    t_max = sde.check_time(sde.t_max if t_max is None else t_max, "t_max")
     dim = math.prod(x.shape[1:])
-    with jax.ensure_compile_time_eval():  # configuration, even under jax.jit
-        target = float(sde.sigma(t_max)) * float(scipy.stats.chi.ppf(q, dim))
+    target = (sde.sigma(t_max) * chi_quantile(q, dim)).astype(x.dtype)
     norms = jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))
     factor = jnp.where(norms > 0, target / jnp.where(norms > 0, norms, 1.0), 0.0)
     return x * factor.reshape(-1, *([1] * (x.ndim - 1)))
@@ -295,19 +293,18 @@ def prior_guidance(
 def sample_prior_guided(
     score: ScoreFn,
     sde: AbstractSDE,
-    q: float,
-    *,
-    key: PRNGKeyArray | None = None,
-    num_samples: int | None = None,
-    shape: tuple[int, ...] | None = None,
-    x_init: Float[Array, "n *d"] | None = None,
+    q: Float[ArrayLike, ""],
     **options: Unpack[SolveOptions],
 ) -> Samples:
-    """Prior guidance (`docs/math.md` §6): `prior_guidance(sde, noise, q)`, then
-    the PF-ODE (`sample_ode`, with its arguments)."""
-    check_options(options, SolveOptions)
-    t_max = sde.time_range(options.get("t_min"), options.get("t_max"))[1]
-    x = initial_noise(
-        sde, t_max, key=key, num_samples=num_samples, shape=shape, x_init=x_init
+    """Prior guidance (`docs/math.md` §6): the starting noise rescaled by
+    `prior_guidance(sde, noise, q)`, then the PF-ODE, with `sample_ode`'s
+    arguments. `q` may be traced: a sweep over it compiles once."""
+    start = setup(
+        sde, options, models=score_family(score), default_solver=dfx.Tsit5(), ode=True
     )
-    return sample_ode(score, sde, x_init=prior_guidance(sde, x, q, t_max), **options)
+    x = prior_guidance(sde, start.x, q, start.t_max)
+    term = dfx.ODETerm(ProbabilityFlow(sde, score, start.t_max))
+    y1, result = integrate(
+        term, start.solver, FlowState(x), start.steps, throw=start.throw
+    )
+    return Samples(y1.x, result=result)

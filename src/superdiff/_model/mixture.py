@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._sde import AbstractSDE
+from .._schedule import AbstractSDE
 
 
 class GaussianMixture(eqx.Module):
