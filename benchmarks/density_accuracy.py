@@ -158,7 +158,7 @@ TRACKED_ROWS = [
     ("Itô, t-uniform", sd.ItoEstimator(), "t"),
     ("kernel ratio (Eq. 89), t-uniform", sd.KernelRatioEstimator(False), "t"),
     ("kernel ratio + correction, t-uniform", sd.KernelRatioEstimator(), "t"),
-    ("kernel ratio + correction, log-SNR (default)", sd.KernelRatioEstimator(), None),
+    ("kernel ratio + correction, log-SNR", sd.KernelRatioEstimator(), "log_snr"),
 ]
 
 
@@ -203,7 +203,7 @@ def tracked_table(args: argparse.Namespace) -> None:
             x1 = g.sample(n, sde.t_max, key=key_x)
             lq1 = exact_log_q(g, sde.t_max, x1)[:, None]
             for label, estimator, spacing in TRACKED_ROWS:
-                if sde_name == "VE" and spacing is None:
+                if sde_name == "VE" and spacing == "log_snr":
                     continue  # log-SNR is linear in t: the row above
                 cells = []
                 for steps in args.tracked_steps:

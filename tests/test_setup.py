@@ -278,3 +278,64 @@ def test_a_float32_score_feeds_one_dtype_into_the_tracked_state():
     assert out.x.dtype == jnp.float64 and out.log_q is not None
     assert out.log_q.dtype == jnp.float64
     assert math.isfinite(float(jnp.sum(out.log_q)))
+
+
+# ------------------------------------------------------ docs/architecture.md
+
+
+def test_the_architecture_drawing_matches_the_folders():
+    text = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(_\w+)/` \|", text, re.M))
+    folders = {p.name for p in SRC.iterdir() if p.is_dir() and p.name.startswith("_")}
+    folders.discard("__pycache__")
+    assert listed == folders
+    for folder in folders:  # every member file is named in its row
+        row = re.search(rf"^\| `{folder}/` \|.*$", text, re.M)
+        assert row is not None
+        for path in (SRC / folder).glob("*.py"):
+            if path.name != "__init__.py":
+                assert f"`{path.name}`" in row.group(0), (folder, path.name)
+
+
+def test_adding_a_sampler_is_setup_term_solve():
+    # The recipe of docs/architecture.md, "A sampler", written outside the library:
+    # it gives `sample_ode`'s samples to the last bit.
+    from superdiff._solve import integrate, setup
+
+    def my_sample_ode(score, sde, **options):
+        start = setup(
+            sde, options, models=sd.score_family(score), default_solver=dfx.Tsit5(),
+            ode=True,
+        )  # fmt: skip
+        term = dfx.ODETerm(sd.ProbabilityFlow(sde, score, start.t_max))
+        y1, result = integrate(
+            term, start.solver, sd.FlowState(start.x), start.steps, throw=start.throw
+        )
+        return sd.Samples(y1.x, result=result)
+
+    common: dict[str, Any] = dict(key=KEY, num_samples=8, shape=(2,), num_steps=10)
+    mine = my_sample_ode(LEFT.score, SDE, **common)
+    np.testing.assert_array_equal(mine.x, sd.sample_ode(LEFT.score, SDE, **common).x)
+
+
+def test_adding_a_schedule_is_log_alpha_and_log_sigma():
+    # A cosine-like path written from (α_t, σ_t) alone: f and g² follow by autodiff
+    # (docs/math.md (1.3)), and VP's closed forms are recovered for VP's path.
+    class MyVP(sd.AbstractSDE):
+        t_min: float = 1e-3
+        t_max: float = 1.0
+
+        def log_alpha(self, t):
+            return -0.5 * (0.1 * t + 0.5 * 19.9 * t**2)
+
+        def log_sigma(self, t):
+            return 0.5 * jnp.log(-jnp.expm1(2 * self.log_alpha(t)))
+
+    mine = MyVP()
+    for t in (0.1, 0.5, 0.9):
+        assert float(mine.drift_coef(t)) == pytest.approx(float(SDE.drift_coef(t)))
+        assert float(mine.diffusion_squared(t)) == pytest.approx(
+            float(SDE.diffusion_squared(t)), rel=1e-9
+        )
+    out = sd.sample_ode(LEFT.score, mine, key=KEY, num_samples=4, shape=(2,))
+    assert out.result == sd.RESULTS.successful
