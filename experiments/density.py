@@ -157,7 +157,8 @@ def tracking(args, sde, gmm, union, keys) -> dict:
     ]:
         s = sd.sample(
             gmm.score, sde, key=keys[1], x_init=x1, num_steps=steps,
-            track_density=True, estimator=estimator, log_q_init=lq1,
+            spacing="log_snr", track_density=True, estimator=estimator,
+            log_q_init=lq1,
         )  # fmt: skip
         assert s.log_q is not None
         out[name] = {"x": s.x, "tracked": s.log_q[:, 0]}
@@ -175,7 +176,7 @@ def tracking(args, sde, gmm, union, keys) -> dict:
     # PF-ODE log-density (exact divergence, adaptive) at the same samples.
     s = sd.sample(
         union, sde, key=keys[2], num_samples=n, shape=(2,), num_steps=steps,
-        track_density=True,
+        spacing="log_snr", track_density=True,
     )  # fmt: skip
     assert s.log_q is not None
     moons_pf = _log_prob(union, sde, s.x)
@@ -190,6 +191,9 @@ def guidance_sweeps(args, sde, score, log_p0, x1, key) -> dict:
     """Mean log p_0 under each guidance; `log_p0(x)` measures it."""
     steps = args.guidance_steps
     fixed: dict[str, Any] = dict(num_steps=steps, solver=dfx.Heun())
+    # Guidance steps uniform in the log-SNR, as Karczewski et al. step (docs/math.md
+    # §6); the PF-ODE baselines on every sampler's default grid, uniform in t.
+    guided: dict[str, Any] = dict(fixed, spacing="log_snr")
     pf_x = sd.sample_ode(score, sde, x_init=x1, **fixed).x
     base = float(jnp.mean(log_p0(pf_x)))
     median = sd.prior_guidance(sde, x1, 0.5)
@@ -197,19 +201,19 @@ def guidance_sweeps(args, sde, score, log_p0, x1, key) -> dict:
     result["hd"] = {}
     for q in args.quantiles:
         x = sd.sample_density_guided(
-            score, sde, sd.DensityQuantile(q), x_init=median, **fixed
+            score, sde, sd.DensityQuantile(q), x_init=median, **guided
         ).x
         result["density"][q] = float(jnp.mean(log_p0(x)))
         x = sd.sample_density_guided(
             score, sde, sd.DensityQuantile(q), x_init=median, noise=0.3,
-            num_steps=4 * steps, key=key,
+            num_steps=4 * steps, spacing="log_snr", key=key,
         ).x  # fmt: skip
         result["stochastic"][q] = float(jnp.mean(log_p0(x)))
     for q in (0.05, 0.25, 0.5, 0.75, 0.95):
         x = sd.sample_prior_guided(score, sde, q, x_init=x1, **fixed).x
         result["prior"][q] = float(jnp.mean(log_p0(x)))
     for t_switch in args.switches:
-        x = sd.sample_high_density(score, sde, x_init=x1, t_switch=t_switch, **fixed).x
+        x = sd.sample_high_density(score, sde, x_init=x1, t_switch=t_switch, **guided).x
         result["hd"][t_switch] = float(jnp.mean(log_p0(x)))
     alignment = sd.score_alignment(score, sde, x1).extras["alignment"]
     result["score_alignment_positive_share"] = float(jnp.mean(alignment > 0))
@@ -256,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     print("two-moons guidance done", f"{time.perf_counter() - tic:.0f} s")
     fixed: dict[str, Any] = dict(num_steps=args.guidance_steps, solver=dfx.Heun())
+    guided: dict[str, Any] = dict(fixed, spacing="log_snr")
     moons_samples = {
         "PF-ODE": sd.sample_ode(union, sde, x_init=noise2, **fixed).x,
         "density guidance q = 0.3": sd.sample_density_guided(
@@ -263,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             sde,
             sd.DensityQuantile(0.3),
             x_init=sd.prior_guidance(sde, noise2, 0.5),
-            **fixed,
+            **guided,
         ).x,  # fmt: skip
         "high density, t_switch = 0.2": sd.sample_high_density(
-            union, sde, x_init=noise2, t_switch=0.2, **fixed
+            union, sde, x_init=noise2, t_switch=0.2, **guided
         ).x,
     }
 
