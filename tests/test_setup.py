@@ -319,14 +319,14 @@ def test_adding_a_sampler_is_setup_term_solve():
 
 
 def test_adding_a_schedule_is_log_alpha_and_log_sigma():
-    # A cosine-like path written from (α_t, σ_t) alone: f and g² follow by autodiff
-    # (docs/math.md (1.3)), and VP's closed forms are recovered for VP's path.
+    # A path written from (α_t, σ_t) alone (VP's, here): f and g² follow by
+    # autodiff (docs/math.md (1.3)) and equal VP's closed forms.
     class MyVP(sd.AbstractSDE):
         t_min: float = 1e-3
         t_max: float = 1.0
 
         def log_alpha(self, t):
-            return -0.5 * (0.1 * t + 0.5 * 19.9 * t**2)
+            return jnp.asarray(-0.5 * (0.1 * t + 0.5 * 19.9 * t**2))
 
         def log_sigma(self, t):
             return 0.5 * jnp.log(-jnp.expm1(2 * self.log_alpha(t)))

@@ -143,7 +143,7 @@ class SuperpositionTerm(dfx.AbstractTerm):
 
     def vf(self, t, y: SuperpositionState, args) -> _Evaluation:
         model_t = self.t_max - jnp.asarray(t)
-        if y.carry is None and self._has_carry(y.x[0]):
+        if y.carry is None and self.estimator.defers_correction:
             raise ValueError(
                 f"`{type(self.estimator).__name__}` keeps a carry between steps; "
                 "start the solve from `SuperpositionTerm.init(x, log_q)`."
@@ -161,12 +161,6 @@ class SuperpositionTerm(dfx.AbstractTerm):
             y.carry,
             pending,
         )
-
-    def _has_carry(self, x: Array) -> bool:
-        shapes = jax.eval_shape(
-            lambda x: self.estimator.carry(x, x, x, 0.0, 1.0, 0.0), x
-        )
-        return shapes is not None
 
     def contr(self, t0, t1, **kwargs):
         return jnp.asarray(t0), t1 - t0, self.brownian.evaluate(t0, t1, **kwargs)
