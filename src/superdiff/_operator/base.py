@@ -6,11 +6,26 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._density import AbstractDensityEstimator, KernelRatioEstimator
 from .._model import AbstractScoreFamily, ScoreFn
-from .._util import require_declared
+from .._util import ensure, require_declared
+
+
+def per_model(value, name: str, ok, message: str) -> Array | None:
+    """An operator's optional per-model parameter (shape `(M,)`), checked by `ok`
+    with `ensure` (at once where known, at run time where traced); `None` stays
+    `None`. Its length is checked against the model count in `check`."""
+    if value is None:
+        return None
+    if np.ndim(value) != 1:
+        raise ValueError(
+            f"{name} must be one value per model, shape (M,); got shape "
+            f"{np.shape(value)}."
+        )
+    return ensure(value, ok, message, dtype=float)
 
 
 class OperatorInputs(eqx.Module):

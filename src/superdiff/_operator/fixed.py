@@ -5,26 +5,17 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from .._util import ensure
-from .base import AbstractOperator
+from .base import AbstractOperator, per_model
 
 
 def _weights(value) -> Array | None:
-    if value is None:
-        return None
-    if np.ndim(value) != 1:
-        raise ValueError(
-            f"`weights` must be one value per model, shape (M,); got shape "
-            f"{np.shape(value)}."
-        )
-    return ensure(
+    return per_model(
         value,
+        "`weights`",
         lambda w: jnp.all(jnp.isfinite(w)) & (jnp.abs(jnp.sum(w) - 1) < 1e-6),
         "`weights` must be finite and sum to one; got {got}.",
-        dtype=float,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._util import ensure, positive
-from .base import AbstractOperator
+from .base import AbstractOperator, per_model
 
 
 def _temperature(value) -> Array:
@@ -23,14 +23,9 @@ def _temperature(value) -> Array:
 
 
 def _bias(value) -> Array | None:
-    if value is None:
-        return None
-    if np.ndim(value) != 1:
-        raise ValueError(
-            f"`Or`'s bias must be one value per model, shape (M,); got shape {np.shape(value)}."
-        )
-    return ensure(
+    return per_model(
         value,
+        "`Or`'s bias",
         lambda b: ~jnp.isnan(b) & (b < jnp.inf) & jnp.any(b > -jnp.inf),
         "`Or`'s `bias` must be finite, or -inf to turn a model off (not every "
         "model); got {got}.",

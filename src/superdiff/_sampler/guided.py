@@ -27,6 +27,7 @@ from .._solve import (
     initial_log_q,
     integrate,
     setup,
+    split_key,
 )
 from .._term import FlowState, ProbabilityFlow, StochasticGuidanceTerm
 from .._util import describe, ensure
@@ -183,7 +184,9 @@ def sample_density_guided(
 def _stochastic_term(score, sde, guidance, laplacian, phi, x, key, start):
     """`StochasticGuidanceTerm` with its Brownian paths: one for the noise, one for
     the Laplacian's probes when it draws any."""
-    x_key, probe_key = jax.random.split(key)
+    # The sampler's key, split as every key is (`split_key`): its first half
+    # drives the noise, the second the probes.
+    x_key, probe_key = split_key(key)
     probe_shape = laplacian.probe_shape(x.shape)
     probe_path = None
     if probe_shape is not None:

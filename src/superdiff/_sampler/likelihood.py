@@ -31,6 +31,7 @@ from .._solve import (
     integrate,
     positive_int,
     setup,
+    split_key,
 )
 from .._term import FlowState, ProbabilityFlow
 from .._util import concrete, ensure, error_if
@@ -252,7 +253,9 @@ def bits_per_dim(
     images = _check_images(images)
     num_dequant = positive_int(num_dequant, "num_dequant")
     offset = bits_per_dim_offset(data_range)
-    dequant_key, probe_key = jax.random.split(check_key(key))
+    # As every sampler's key (`split_key`): the first half draws the starting
+    # points (the dequantisation noise), the second the sampler's own (probes).
+    dequant_key, probe_key = split_key(check_key(key))
     points = dequantize(
         images, key=dequant_key, num_draws=num_dequant, data_range=data_range
     )

@@ -23,8 +23,8 @@ def sharded_noise(
     t_max: Float[ArrayLike, ""] | None = None,
 ) -> Float[Array, "n *d"]:
     """The starting noise a sampler draws from `key` for `num_samples` examples of
-    `shape` ($\\mathcal N(0, \\sigma_{t_{max}}^2 I)$ from the first half of
-    `jax.random.split(key)`), drawn directly as an array sharded over the `"data"`
+    `shape` ($\\mathcal N(0, \\sigma_{t_{max}}^2 I)$ from the first half of the
+    key's one split, `split_key`), drawn directly as an array sharded over the `"data"`
     axis of `mesh` (by default `data_mesh()`): each device draws its own examples.
 
     Passed as `x_init` with the same `key`, it makes any sampler run sharded and give

@@ -55,7 +55,7 @@ class NoiseOptions(LikelihoodOptions, total=False):
 class SolveOptions(NoiseOptions, total=False):
     """The keywords every sampler takes for what samplers share; all optional.
 
-    - `key`: the random key: the first half of `jax.random.split(key)` draws the
+    - `key`: the random key, split once (`split_key`): the first half draws the
         starting noise, the second drives the sampler's own randomness (Brownian
         motion, Hutchinson probes).
     - `num_samples`, `shape`: how many examples of which shape to draw from
@@ -215,7 +215,9 @@ def check_key(key) -> PRNGKeyArray:
 
 def split_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
     """`(noise key, sampler key)`: the one split of a sampler's key. The first half
-    draws the starting noise, the second the sampler's own randomness."""
+    draws the starting noise, the second the sampler's own randomness; a sampler
+    with two uses of its own (noise and probes, dequantisation and probes) splits
+    the same way."""
     noise_key, own_key = jax.random.split(key)
     return noise_key, own_key
 
